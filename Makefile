@@ -1,0 +1,123 @@
+# effdet-c: one Makefile for everything.
+#   make            build every library, program (build/bin/) and test
+#   make test       build and run the test suite (what CI runs)
+#   make bench      build and run the CPU benchmarks (prints figures)
+#   make clean      remove build/
+#   make SAN=1 test the same with AddressSanitizer + UBSan (objects in build/san/)
+# CUDA objects (kernels/cuda/*.cu) build whenever nvcc and cuDNN are found, GPU or not; without them
+# the CPU-only programs still build and `--device cuda` answers with a clear error.
+
+SHELL := /bin/bash
+CC ?= gcc
+ifeq ($(CC),cc)
+CC := gcc
+endif
+
+BUILD := build
+SANFLAGS :=
+ifeq ($(SAN),1)
+BUILD := build/san
+SANFLAGS := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+endif
+ARCH ?= -march=native
+
+BLAS_DIR := /usr/lib/x86_64-linux-gnu/openblas-openmp
+BLAS_INC := /usr/include/x86_64-linux-gnu/openblas-openmp
+PKGS := msgpack libzmq libturbojpeg libuv libcjson
+PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+PKG_LIBS := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
+
+CFLAGS ?= -O3 $(ARCH) -g
+CFLAGS += -std=gnu11 -D_GNU_SOURCE -fopenmp -Wall -Wextra -Wno-unused-parameter -Wno-format-truncation -Wshadow -I. -I$(BLAS_INC) \
+          $(PKG_CFLAGS) $(SANFLAGS)
+LDFLAGS += -fopenmp $(SANFLAGS) -L$(BLAS_DIR) -Wl,-rpath,$(BLAS_DIR)
+LDLIBS += $(PKG_LIBS) -lopenblas -lm -lpthread
+
+# ---- CUDA detection (one line each, as llm.c does) -------------------------------------------------
+NVCC := $(shell command -v nvcc 2>/dev/null)
+CUDA_HOME ?= $(if $(NVCC),$(patsubst %/bin/nvcc,%,$(realpath $(NVCC))),/usr/local/cuda)
+HAVE_CUDNN := $(if $(wildcard $(CUDA_HOME)/include/cudnn.h /usr/include/cudnn.h /usr/include/x86_64-linux-gnu/cudnn.h),1,)
+HAVE_NCCL := $(if $(wildcard $(CUDA_HOME)/include/nccl.h /usr/include/nccl.h),1,)
+ifeq ($(NO_CUDA),1)
+NVCC :=
+endif
+USE_CUDA := $(if $(and $(NVCC),$(HAVE_CUDNN)),1,)
+$(info $(if $(NVCC),✓ nvcc found: $(NVCC),✗ nvcc not found: CPU-only build))
+$(info $(if $(HAVE_CUDNN),✓ cuDNN found,✗ cuDNN not found: CPU-only build))
+$(info $(if $(HAVE_NCCL),✓ NCCL found,✗ NCCL not found: multi-GPU data parallel disabled))
+
+NVCCFLAGS ?= -O3 -g -lineinfo
+NVCCFLAGS += -std=c++17 -I. -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90 \
+             -Xcompiler -fPIC,-Wall
+CUDA_LIBS := -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcudnn -lcublas -lcudart -lstdc++
+ifeq ($(HAVE_NCCL),1)
+CUDA_LIBS += -lnccl
+endif
+
+# ---- sources ----------------------------------------------------------------------------------------
+# Library code: every .c of these folders except a process's main.c. Each process folder keeps a thin
+# main.c over its library, so tests link the library directly.
+LIB_DIRS := shared kernels kernels/cpu worker worker/model evaluator loader augment coordinator
+LIB_SRCS := $(filter-out %/main.c,$(foreach d,$(LIB_DIRS),$(wildcard $(d)/*.c)))
+CUDA_SRCS := $(wildcard kernels/cuda/*.cu)
+ifeq ($(USE_CUDA),1)
+LIB_OBJS_CUDA := $(CUDA_SRCS:%.cu=$(BUILD)/%.o)
+LDLIBS += $(CUDA_LIBS)
+else
+LIB_SRCS += kernels/cuda_absent/ops_cuda_absent.c
+endif
+LIB_OBJS := $(LIB_SRCS:%.c=$(BUILD)/%.o) $(LIB_OBJS_CUDA)
+LIB := $(BUILD)/libeffdet.a
+
+LAUNCH_SRCS := $(wildcard launch/*.c)
+LAUNCH_OBJS := $(LAUNCH_SRCS:%.c=$(BUILD)/%.o)
+PROC_DIRS := $(foreach d,loader augment worker evaluator coordinator,$(if $(wildcard $(d)/main.c),$(d),))
+PROGS := $(BUILD)/bin/effdet $(PROC_DIRS:%=$(BUILD)/bin/effdet-%)
+
+TEST_SRCS := $(wildcard tests/unit/test_*.c tests/parity/test_*.c)
+TEST_BINS := $(TEST_SRCS:tests/%.c=$(BUILD)/tests/%)
+TEST_SUPPORT := $(wildcard tests/support/*.c)
+TEST_SUPPORT_OBJS := $(TEST_SUPPORT:%.c=$(BUILD)/%.o)
+BENCH_SRCS := $(wildcard tests/bench/bench_*.c)
+BENCH_BINS := $(BENCH_SRCS:tests/%.c=$(BUILD)/tests/%)
+
+FIXTURES ?= $(abspath ../shared/fixtures)
+
+.PHONY: all test bench clean fuzz
+all: $(PROGS) $(TEST_BINS) $(BENCH_BINS)
+
+$(BUILD)/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -MMD -MP -c $< -o $@
+
+$(BUILD)/%.o: %.cu
+	@mkdir -p $(dir $@)
+	$(NVCC) $(NVCCFLAGS) -c $< -o $@
+
+$(LIB): $(LIB_OBJS)
+	@mkdir -p $(dir $@)
+	rm -f $@ && ar rcs $@ $^
+
+$(BUILD)/bin/effdet: $(LAUNCH_OBJS) $(LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) -o $@ $(LAUNCH_OBJS) $(LIB) $(LDLIBS)
+
+$(BUILD)/bin/effdet-%: $(BUILD)/%/main.o $(LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) -o $@ $< $(LIB) $(LDLIBS)
+
+$(BUILD)/tests/%: $(BUILD)/tests/%.o $(TEST_SUPPORT_OBJS) $(LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) -o $@ $< $(TEST_SUPPORT_OBJS) $(LIB) $(LDLIBS) -lcmocka
+
+test: all
+	@EFFDET_BIN=$(abspath $(BUILD)/bin) EFFDET_FIXTURES=$(FIXTURES) SAN=$(SAN) \
+	  bash tests/run.sh $(TEST_BINS)
+
+bench: all
+	@EFFDET_BIN=$(abspath $(BUILD)/bin) EFFDET_FIXTURES=$(FIXTURES) bash tests/bench/run.sh
+
+clean:
+	rm -rf build
+
+-include $(shell find $(BUILD) -name '*.d' 2>/dev/null)

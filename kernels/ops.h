@@ -1,0 +1,116 @@
+/* ops.h: the one backend-neutral op API of effdet-c.
+ *
+ * A backend (kernels/cpu/, kernels/cuda/) fills an `Ops` table of function pointers with these exact
+ * signatures; the model holds a `const Ops *` and never knows which backend runs it. The CPU backend
+ * is the readable reference that the CUDA backend is tested against.
+ *
+ * Conventions
+ * - Every activation is fp32 NHWC: index ((n * H + y) * W + x) * C + c. Pointers passed to ops are
+ *   memory of the backend (host memory for the CPU, device memory for CUDA).
+ * - Weights are stored the way NHWC convolution wants them, not the way PyTorch stores them; the
+ *   conversion happens once when weights are loaded or saved (worker/model/params.c):
+ *     regular conv   (Cout, KH, KW, Cin)   "OHWI"; for 1x1 convs this is PyTorch's own byte order
+ *     depthwise conv (KH, KW, C)           so the inner loop over channels is contiguous
+ * - Padding is TensorFlow "SAME": the output size is ceil(in / stride) and the total padding
+ *   max((out - 1) * stride + k - in, 0) is split floor(total / 2) before (top/left) and the rest
+ *   after. A ConvShape carries pad_top/pad_left; bottom/right follow from the output size.
+ * - Signatures read (ctx, outputs..., saved-for-backward..., inputs..., params..., shape).
+ * - Gradient rule (for the backward ops that join with training): gradients of parameters are
+ *   accumulated (+=); gradients of activations are written (=), except for tensors that fan out
+ *   (BiFPN nodes, residual inputs), whose gradients are accumulated (+=).
+ * - Ops never allocate; scratch space comes from OpsCtx, sized by ops->workspace_bytes at plan time.
+ */
+#ifndef EFFDET_OPS_H
+#define EFFDET_OPS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "shared/err.h"
+
+typedef struct OpsCtx OpsCtx; /* backend state: stream, library handles, workspace */
+
+typedef enum { ACT_NONE = 0, ACT_SILU = 1, ACT_SIGMOID = 2 } Act;
+
+/* A 2-D convolution, regular (groups = 1) or depthwise (Cout == Cin). */
+typedef struct ConvShape {
+    int n, h, w, cin;      /* input (N, H, W, Cin) */
+    int oh, ow, cout;      /* output (N, OH, OW, Cout) */
+    int kh, kw, stride;
+    int pad_top, pad_left; /* TF SAME, see above */
+} ConvShape;
+
+/* A max pool with a kh x kw window; the padded cells hold -inf so padding never wins. */
+typedef struct PoolShape {
+    int n, h, w, c;
+    int oh, ow;
+    int kh, kw, stride;
+    int pad_top, pad_left;
+} PoolShape;
+
+/* Fills the output size and SAME padding of a convolution or pool from the input size. */
+void conv_shape_same(ConvShape *s, int n, int h, int w, int cin, int cout, int k, int stride);
+void pool_shape_same(PoolShape *s, int n, int h, int w, int c, int k, int stride);
+
+typedef struct Ops {
+    const char *name; /* "cpu" or "cuda" */
+    int host_memory;  /* 1: backend memory is host memory, readable without a download */
+
+    /* Context and memory. `device` selects a GPU for CUDA and is ignored on the CPU. */
+    OpsCtx *(*ctx_create)(int device, Err *err);
+    void (*ctx_destroy)(OpsCtx *ctx);
+    void *(*mem_alloc)(OpsCtx *ctx, size_t bytes, Err *err); /* zeroed, 256-byte aligned */
+    void (*mem_free)(OpsCtx *ctx, void *p);
+    void (*mem_upload)(OpsCtx *ctx, void *dst, const void *host_src, size_t bytes);
+    void (*mem_download)(OpsCtx *ctx, void *host_dst, const void *src, size_t bytes);
+    void (*sync)(OpsCtx *ctx);
+    /* Scratch bytes a convolution of this shape needs (im2col and the like); the model sizes the
+     * context's workspace once with the maximum over its convolutions. */
+    size_t (*conv2d_workspace_bytes)(const ConvShape *s);
+    int (*workspace_reserve)(OpsCtx *ctx, size_t bytes, Err *err);
+
+    /* out (N, OH, OW, Cout) = conv(in (N, H, W, Cin), w (Cout, KH, KW, Cin)) + b (Cout) or no bias. */
+    void (*conv2d_forward)(OpsCtx *ctx, float *out, const float *in, const float *w, const float *b,
+                           const ConvShape *s);
+    /* out (N, OH, OW, C) = depthwise conv(in (N, H, W, C), w (KH, KW, C)); no bias in EfficientDet. */
+    void (*dwconv2d_forward)(OpsCtx *ctx, float *out, const float *in, const float *w,
+                             const ConvShape *s);
+    /* Inference batch norm over rows = N*H*W rows of C channels, then an activation:
+     * out = act((in - mean) / sqrt(var + eps) * gamma + beta). */
+    void (*bn_infer_forward)(OpsCtx *ctx, float *out, const float *in, const float *gamma,
+                             const float *beta, const float *mean, const float *var, float eps,
+                             Act act, size_t rows, int c);
+    /* out = act(in), elementwise over count values. */
+    void (*act_forward)(OpsCtx *ctx, float *out, const float *in, Act act, size_t count);
+    /* Squeeze-excitation on x (N, HW, C):
+     *   pooled (N, C) = mean over HW; hidden (N, Cr) = silu(pooled . w_r^T + b_r);
+     *   gate (N, C) = sigmoid(hidden . w_e^T + b_e); out = x * gate.
+     * w_r (Cr, C), w_e (C, Cr): PyTorch's 1x1 conv byte order. pooled/hidden/gate are saved for
+     * the backward pass. */
+    void (*se_forward)(OpsCtx *ctx, float *out, float *pooled, float *hidden, float *gate,
+                       const float *x, const float *w_r, const float *b_r, const float *w_e,
+                       const float *b_e, int n, int hw, int c, int cr);
+    /* out = a + b, elementwise (residual connections). */
+    void (*add_forward)(OpsCtx *ctx, float *out, const float *a, const float *b, size_t count);
+    /* SAME max pool, -inf padding. */
+    void (*maxpool_forward)(OpsCtx *ctx, float *out, const float *in, const PoolShape *s);
+    /* Legacy PyTorch "nearest" resize of in (N, H, W, C) to (N, OH, OW, C):
+     * src = min(floor(dst * (float)(in / out)), in - 1) per axis, the scale computed in float32. */
+    void (*upsample_nearest_forward)(OpsCtx *ctx, float *out, const float *in, int n, int h, int w,
+                                     int c, int oh, int ow);
+    /* BiFPN node fusion of k <= 4 inputs of count values each; `ins` is a host array of k backend
+     * pointers. With edge weights w (k values, backend memory): out = sum_i relu(w_i) * in_i / (sum_j relu(w_j) + 1e-4) ("fast attention");
+     * with w == NULL: out = sum_i in_i (d6, d7, d7x). */
+    void (*fuse_forward)(OpsCtx *ctx, float *out, const float *const *ins, const float *w, int k,
+                         size_t count);
+} Ops;
+
+/* The backends. ops_cuda() returns NULL (and fills err) where the CUDA backend was not built or no
+ * GPU is usable. */
+const Ops *ops_cpu(void);
+const Ops *ops_cuda(Err *err);
+
+/* Picks a backend from a --device string: "cpu", "cuda" or "cuda:N". */
+const Ops *ops_for_device(const char *device, int *device_index, Err *err);
+
+#endif

@@ -1,0 +1,92 @@
+/* cmd_parity.c: `effdet parity DIR --out OUT.safetensors [--device cpu|cuda[:N]]`: runs the model
+ * named in a reference fixture directory on its input and writes our outputs under the fixture's
+ * names and layouts (worker/parity.h). Where the fixture holds the reference outputs, it also
+ * prints, per tensor, max|ours - ref| / max|ref| and whether the detections match as sets. */
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "launch/cli.h"
+#include "launch/commands.h"
+#include "shared/safetensors.h"
+#include "worker/parity.h"
+
+static const char *USAGE = "effdet parity DIR --out OUT.safetensors [--device cpu|cuda[:N]]";
+
+static void report_tensor(const SafeTensors *ref, const char *name, const float *ours, size_t n)
+{
+    const StTensor *t = st_find(ref, name);
+    if (!t || t->dtype != ST_F32 || (size_t)st_numel(t) != n) return;
+    float *buf = malloc(n * sizeof(float));
+    if (!buf) return;
+    memcpy(buf, t->data, n * sizeof(float));
+    printf("  %-14s max|ours-ref|/max|ref| = %.3e\n", name, parity_rel_err(ours, buf, n));
+    free(buf);
+}
+
+static void report(const ParityRun *r, const char *dir)
+{
+    char path[1024];
+    SafeTensors ref;
+    Err err;
+    snprintf(path, sizeof path, "%s/io.safetensors", dir);
+    if (st_open(&ref, path, &err) != 0) return;
+    const ModelConfig *c = &r->cfg;
+    int A = model_config_anchors_per_loc(c);
+    printf("comparison with %s:\n", path);
+    for (int l = 0; l < c->num_levels; l++) {
+        char name[32];
+        size_t cells = (size_t)r->batch * r->model.feat_h[l] * r->model.feat_w[l];
+        snprintf(name, sizeof name, "class_out.%d", c->min_level + l);
+        report_tensor(&ref, name, r->class_out[l], cells * A * c->num_classes);
+        snprintf(name, sizeof name, "box_out.%d", c->min_level + l);
+        report_tensor(&ref, name, r->box_out[l], cells * A * 4);
+    }
+    const StTensor *d = st_find(&ref, "detections");
+    size_t rows = (size_t)r->batch * c->max_det_per_image;
+    if (d && d->dtype == ST_F32 && (size_t)st_numel(d) == rows * 6) {
+        float *buf = malloc(rows * 6 * sizeof(float));
+        if (buf) {
+            memcpy(buf, d->data, rows * 6 * sizeof(float));
+            int bad = 0;
+            for (int b = 0; b < r->batch; b++)
+                bad += parity_match_detections(r->detections + (size_t)b * c->max_det_per_image * 6,
+                                               buf + (size_t)b * c->max_det_per_image * 6,
+                                               c->max_det_per_image, 1e-3f, 1e-4f, 1e-5f);
+            printf("  detections     %s (%d rows unmatched)\n", bad ? "DIFFER" : "match", bad);
+            free(buf);
+        }
+    }
+    st_close(&ref);
+}
+
+int cmd_parity(int argc, char **argv)
+{
+    static const struct option opts[] = {{"out", required_argument, 0, 'o'},
+                                         {"device", required_argument, 0, 'd'},
+                                         {0, 0, 0, 0}};
+    const char *out = NULL, *device = "cpu";
+    int opt;
+    optind = 1;
+    while ((opt = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+        if (opt == 'o')
+            out = optarg;
+        else if (opt == 'd')
+            device = optarg;
+        else
+            return cli_usage(USAGE);
+    }
+    if (!out || optind != argc - 1) return cli_usage(USAGE);
+    const char *dir = argv[optind];
+    ParityRun r;
+    Err err;
+    if (parity_run(&r, dir, device, &err) != 0) return cli_fail("parity", &err);
+    int rc = parity_write(&r, out, &err);
+    if (rc == 0) {
+        printf("wrote %s (%s, batch %d, %dx%d)\n", out, r.cfg.name, r.batch, r.h, r.w);
+        report(&r, dir);
+    }
+    parity_run_free(&r);
+    return rc ? cli_fail("parity", &err) : 0;
+}

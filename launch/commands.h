@@ -1,0 +1,12 @@
+/* commands.h: the subcommands of the `effdet` front command. Each takes the arguments after its
+ * name (argv[0] is the subcommand name) and returns the process exit status. */
+#ifndef EFFDET_COMMANDS_H
+#define EFFDET_COMMANDS_H
+
+int cmd_info(int argc, char **argv);
+int cmd_parity(int argc, char **argv);
+int cmd_infer(int argc, char **argv);
+int cmd_bench(int argc, char **argv);
+int cmd_eval(int argc, char **argv);
+
+#endif

@@ -1,0 +1,38 @@
+/* main.c: the `effdet` command: dispatches to a subcommand (commands.h). */
+#include <stdio.h>
+#include <string.h>
+
+#include "launch/commands.h"
+
+typedef struct Command {
+    const char *name;
+    int (*run)(int argc, char **argv);
+    const char *help;
+} Command;
+
+static const Command commands[] = {
+    {"info", cmd_info, "model facts: parameters, BN buffers, anchors (--model NAME [--num-classes N] [--json])"},
+    {"parity", cmd_parity, "run a reference fixture directory and write our outputs (DIR --out FILE)"},
+    {"infer", cmd_infer, "detect objects in JPEG images (--model NAME --weights FILE IMAGE... --out FILE)"},
+    {"bench", cmd_bench, "measure speed (--mode forward --model NAME --device cpu --batch-size B --json)"},
+    {"eval", cmd_eval, "COCO bbox evaluation (--gt GT.json --dets DETS.json [--json])"},
+};
+
+static void usage(FILE *f)
+{
+    fprintf(f, "usage: effdet COMMAND [options]\n\ncommands:\n");
+    for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
+        fprintf(f, "  %-8s %s\n", commands[i].name, commands[i].help);
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 2 || !strcmp(argv[1], "-h") || !strcmp(argv[1], "--help")) {
+        usage(argc < 2 ? stderr : stdout);
+        return argc < 2 ? 2 : 0;
+    }
+    for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
+        if (!strcmp(argv[1], commands[i].name)) return commands[i].run(argc - 1, argv + 1);
+    fprintf(stderr, "effdet: unknown command '%s' (effdet --help lists them)\n", argv[1]);
+    return 2;
+}

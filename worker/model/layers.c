@@ -1,0 +1,135 @@
+/* layers.c: parameter declarations with effdet's names, and forward helpers over the op table
+ * (see layers.h for the dry-run planning scheme). */
+#include "worker/model/layers.h"
+
+#include <stdio.h>
+
+#include "shared/check.h"
+
+Act4 fwd_take(Fwd *f, int n, int h, int w, int c)
+{
+    Act4 a = {NULL, n, h, w, c};
+    size_t bytes = ((size_t)n * h * w * c * sizeof(float) + 255) / 256 * 256;
+    if (!f->dry) {
+        ASSERT(f->used + bytes <= f->cap);
+        a.p = (float *)(f->arena + f->used);
+    }
+    f->used += bytes;
+    return a;
+}
+
+ConvP layer_conv(Model *m, const char *prefix, int cin, int cout, int k, int stride, int bias)
+{
+    ConvP c = {.cin = cin, .cout = cout, .k = k, .stride = stride, .depthwise = 0, .b = NO_PARAM};
+    int64_t ws[4] = {cout, cin, k, k}, bs[1] = {cout};
+    c.w = param_table_add(&m->table, PARAM_CONV_WEIGHT, k == 1 ? LAYOUT_SAME : LAYOUT_OIHW, 4, ws,
+                          "%s.weight", prefix);
+    if (bias) c.b = param_table_add(&m->table, PARAM_BIAS, LAYOUT_SAME, 1, bs, "%s.bias", prefix);
+    return c;
+}
+
+ConvP layer_dwconv(Model *m, const char *prefix, int ch, int k, int stride)
+{
+    ConvP c = {.cin = ch, .cout = ch, .k = k, .stride = stride, .depthwise = 1, .b = NO_PARAM};
+    int64_t ws[4] = {ch, 1, k, k};
+    c.w = param_table_add(&m->table, PARAM_CONV_WEIGHT, LAYOUT_DW, 4, ws, "%s.weight", prefix);
+    return c;
+}
+
+BnP layer_bn(Model *m, const char *prefix, int ch)
+{
+    int64_t s[1] = {ch};
+    BnP bn = {.c = ch};
+    bn.gamma = param_table_add(&m->table, PARAM_BN_WEIGHT, LAYOUT_SAME, 1, s, "%s.weight", prefix);
+    bn.beta = param_table_add(&m->table, PARAM_BN_BIAS, LAYOUT_SAME, 1, s, "%s.bias", prefix);
+    bn.mean = param_table_add(&m->table, PARAM_BN_MEAN, LAYOUT_SAME, 1, s, "%s.running_mean", prefix);
+    bn.var = param_table_add(&m->table, PARAM_BN_VAR, LAYOUT_SAME, 1, s, "%s.running_var", prefix);
+    m->table.n_bn_layers++;
+    return bn;
+}
+
+SepConvP layer_sepconv(Model *m, const char *prefix, int cin, int cout, int bias, int has_bn)
+{
+    char name[128];
+    SepConvP s = {.has_bn = has_bn};
+    snprintf(name, sizeof name, "%s.conv_dw", prefix);
+    s.dw = layer_dwconv(m, name, cin, 3, 1);
+    snprintf(name, sizeof name, "%s.conv_pw", prefix);
+    s.pw = layer_conv(m, name, cin, cout, 1, 1, bias);
+    if (has_bn) {
+        snprintf(name, sizeof name, "%s.bn", prefix);
+        s.bn = layer_bn(m, name, cout);
+    }
+    return s;
+}
+
+Act4 fwd_conv(Fwd *f, const ConvP *c, Act4 x)
+{
+    ConvShape s;
+    ASSERT(x.c == c->cin);
+    conv_shape_same(&s, x.n, x.h, x.w, x.c, c->cout, c->k, c->stride);
+    Act4 y = fwd_take(f, x.n, s.oh, s.ow, c->cout);
+    if (f->dry) {
+        if (!c->depthwise) {
+            size_t ws = f->ops->conv2d_workspace_bytes(&s);
+            if (ws > f->workspace) f->workspace = ws;
+        }
+        return y;
+    }
+    const float *w = f->params + c->w, *b = c->b == NO_PARAM ? NULL : f->params + c->b;
+    if (c->depthwise)
+        f->ops->dwconv2d_forward(f->ctx, y.p, x.p, w, &s);
+    else
+        f->ops->conv2d_forward(f->ctx, y.p, x.p, w, b, &s);
+    return y;
+}
+
+Act4 fwd_bn(Fwd *f, const BnP *bn, Act act, Act4 x)
+{
+    ASSERT(x.c == bn->c);
+    Act4 y = fwd_take(f, x.n, x.h, x.w, x.c);
+    if (!f->dry)
+        f->ops->bn_infer_forward(f->ctx, y.p, x.p, f->params + bn->gamma, f->params + bn->beta,
+                                 f->buffers + bn->mean, f->buffers + bn->var, f->eps, act,
+                                 (size_t)x.n * x.h * x.w, x.c);
+    return y;
+}
+
+Act4 fwd_act(Fwd *f, Act act, Act4 x)
+{
+    Act4 y = fwd_take(f, x.n, x.h, x.w, x.c);
+    if (!f->dry) f->ops->act_forward(f->ctx, y.p, x.p, act, act_count(x));
+    return y;
+}
+
+Act4 fwd_sepconv(Fwd *f, const SepConvP *s, Act act, Act4 x)
+{
+    Act4 y = fwd_conv(f, &s->pw, fwd_conv(f, &s->dw, x));
+    if (s->has_bn) return fwd_bn(f, &s->bn, act, y);
+    return act == ACT_NONE ? y : fwd_act(f, act, y);
+}
+
+Act4 fwd_maxpool_same(Fwd *f, Act4 x, int oh, int ow)
+{
+    PoolShape s;
+    pool_shape_same(&s, x.n, x.h, x.w, x.c, 3, 2);
+    ASSERT(s.oh == oh && s.ow == ow);
+    Act4 y = fwd_take(f, x.n, oh, ow, x.c);
+    if (!f->dry) f->ops->maxpool_forward(f->ctx, y.p, x.p, &s);
+    return y;
+}
+
+Act4 fwd_upsample(Fwd *f, Act4 x, int oh, int ow)
+{
+    Act4 y = fwd_take(f, x.n, oh, ow, x.c);
+    if (!f->dry) f->ops->upsample_nearest_forward(f->ctx, y.p, x.p, x.n, x.h, x.w, x.c, oh, ow);
+    return y;
+}
+
+Act4 fwd_add(Fwd *f, Act4 a, Act4 b)
+{
+    ASSERT(act_count(a) == act_count(b));
+    Act4 y = fwd_take(f, a.n, a.h, a.w, a.c);
+    if (!f->dry) f->ops->add_forward(f->ctx, y.p, a.p, b.p, act_count(a));
+    return y;
+}

@@ -1,0 +1,162 @@
+/* model.c: model life cycle: build the parameter table, hold the blocks, plan, run (model.h). */
+#include "worker/model/model.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "shared/check.h"
+#include "shared/log.h"
+#include "worker/model/layers.h"
+
+void model_describe(Model *m, const ModelConfig *cfg)
+{
+    memset(m, 0, sizeof *m);
+    m->cfg = *cfg;
+    backbone_build(m);
+    bifpn_build(m);
+    head_build(m, &m->class_head, "class_net", cfg->num_classes);
+    head_build(m, &m->box_head, "box_net", 4);
+}
+
+int model_create(Model *m, const ModelConfig *cfg, const Ops *ops, int device, Err *err)
+{
+    model_describe(m, cfg);
+    m->ops = ops;
+    m->ctx = ops->ctx_create(device, err);
+    if (!m->ctx) goto fail;
+    m->params = ops->mem_alloc(m->ctx, m->table.n_params * sizeof(float), err);
+    if (!m->params) goto fail;
+    m->buffers = ops->mem_alloc(m->ctx, m->table.n_buffers * sizeof(float), err);
+    if (!m->buffers) goto fail;
+    return 0;
+fail:
+    err_wrap(err, "creating %s: ", cfg->name);
+    model_free(m);
+    return -1;
+}
+
+void model_free(Model *m)
+{
+    if (m->ctx) {
+        m->ops->mem_free(m->ctx, m->params);
+        m->ops->mem_free(m->ctx, m->buffers);
+        m->ops->mem_free(m->ctx, m->arena);
+        m->ops->ctx_destroy(m->ctx);
+    }
+    free(m->cells);
+    param_table_free(&m->table);
+    m->ctx = NULL, m->params = NULL, m->buffers = NULL, m->arena = NULL, m->cells = NULL;
+}
+
+/* Weights are staged in host memory, then uploaded once. */
+static int upload_blocks(Model *m, const float *params, const float *buffers)
+{
+    m->ops->mem_upload(m->ctx, m->params, params, m->table.n_params * sizeof(float));
+    m->ops->mem_upload(m->ctx, m->buffers, buffers, m->table.n_buffers * sizeof(float));
+    m->ops->sync(m->ctx);
+    return 0;
+}
+
+static int host_blocks(const Model *m, float **params, float **buffers, Err *err)
+{
+    *params = calloc(m->table.n_params + 1, sizeof(float));
+    *buffers = calloc(m->table.n_buffers + 1, sizeof(float));
+    if (!*params || !*buffers) {
+        free(*params), free(*buffers);
+        return err_set(err, "%s: out of host memory for the weights", m->cfg.name);
+    }
+    return 0;
+}
+
+int model_load_weights(Model *m, const char *path, Err *err)
+{
+    float *params, *buffers;
+    if (host_blocks(m, &params, &buffers, err) != 0) return -1;
+    int rc = param_table_load(&m->table, path, m->cfg.name, params, buffers, err);
+    if (rc == 0) upload_blocks(m, params, buffers);
+    free(params), free(buffers);
+    return rc;
+}
+
+int model_init_random(Model *m, unsigned long long seed, Err *err)
+{
+    float *params, *buffers;
+    if (host_blocks(m, &params, &buffers, err) != 0) return -1;
+    param_table_init_random(&m->table, seed, params, buffers);
+    upload_blocks(m, params, buffers);
+    free(params), free(buffers);
+    return 0;
+}
+
+/* The whole network, written once: the dry run plans, the real run computes. */
+static void network_forward(Fwd *f, Model *m)
+{
+    m->input = fwd_take(f, m->batch, m->in_h, m->in_w, 3);
+    backbone_forward(f, m, m->input, m->backbone_feat);
+    bifpn_forward(f, m, m->backbone_feat, m->fpn_feat);
+    head_forward(f, m, &m->class_head, m->fpn_feat, m->class_out);
+    head_forward(f, m, &m->box_head, m->fpn_feat, m->box_out);
+}
+
+static Fwd fwd_begin(Model *m, int dry)
+{
+    Fwd f = {.ops = m->ops, .ctx = m->ctx, .params = m->params, .buffers = m->buffers,
+             .eps = m->cfg.bn_eps, .dry = dry, .arena = m->arena, .cap = m->arena_bytes};
+    return f;
+}
+
+int model_plan(Model *m, int batch, int h, int w, Err *err)
+{
+    if (batch < 1 || h < 1 || w < 1 || h > 16384 || w > 16384)
+        return err_set(err, "%s: bad input size batch %d, %dx%d", m->cfg.name, batch, h, w);
+    m->batch = batch, m->in_h = h, m->in_w = w;
+    model_config_feat_sizes(&m->cfg, h, w, m->feat_h, m->feat_w);
+    /* effdet resamples between adjacent levels by pooling only when both dims shrink; a level
+     * where one dim stops shrinking and the other does not has no defined resampling. */
+    for (int i = 1; i < m->cfg.num_levels; i++) {
+        int dh = m->feat_h[i] < m->feat_h[i - 1], dw = m->feat_w[i] < m->feat_w[i - 1];
+        if (dh != dw)
+            return err_set(err, "%s: image size %dx%d is too small or too thin: level P%d is %dx%d "
+                                "after P%d %dx%d (effdet cannot resample it)",
+                           m->cfg.name, h, w, m->cfg.min_level + i, m->feat_h[i], m->feat_w[i],
+                           m->cfg.min_level + i - 1, m->feat_h[i - 1], m->feat_w[i - 1]);
+    }
+    Fwd dry = fwd_begin(m, 1);
+    network_forward(&dry, m);
+    m->ops->mem_free(m->ctx, m->arena);
+    m->arena = m->ops->mem_alloc(m->ctx, dry.used, err);
+    if (!m->arena) return err_wrap(err, "%s: activation arena of %zu MB: ", m->cfg.name, dry.used >> 20);
+    m->arena_bytes = dry.used;
+    if (m->ops->workspace_reserve(m->ctx, dry.workspace, err) != 0) return -1;
+    /* Pointers of the named activations (input, outputs) come from a real-mode pass that runs no
+     * op: the same sequence of takes as the dry run, now against the arena. */
+    log_debug("%s: planned batch %d, %dx%d: arena %.1f MB, conv workspace %.1f MB", m->cfg.name,
+              batch, h, w, dry.used / 1048576.0, dry.workspace / 1048576.0);
+    Fwd real = fwd_begin(m, 0);
+    m->input = fwd_take(&real, m->batch, m->in_h, m->in_w, 3);
+    return 0;
+}
+
+void model_forward(Model *m)
+{
+    ASSERT(m->arena);
+    Fwd f = fwd_begin(m, 0);
+    network_forward(&f, m);
+    ASSERT(f.used == m->arena_bytes);
+}
+
+size_t model_count_params(const Model *m)
+{
+    size_t n = 0;
+    for (int i = 0; i < m->table.count; i++)
+        if (!param_is_buffer(m->table.specs[i].kind)) n += m->table.specs[i].count;
+    return n;
+}
+
+size_t model_count_bn_buffers(const Model *m)
+{
+    size_t n = 0;
+    for (int i = 0; i < m->table.count; i++)
+        if (param_is_buffer(m->table.specs[i].kind)) n += m->table.specs[i].count;
+    return n;
+}

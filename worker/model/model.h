@@ -1,0 +1,133 @@
+/* model.h: an EfficientDet model (any variant D0-D7x, any num_classes, any input size) over the
+ * backend-neutral op table.
+ *
+ * Life cycle: model_create (config + parameter table + one params block and one buffers block in
+ * backend memory) -> model_load_weights or model_init_random -> model_plan (batch, H, W: sizes the
+ * one activation arena and the conv workspace, once) -> model_forward any number of times ->
+ * model_free. Nothing allocates inside model_forward.
+ *
+ * Layers hold offsets into the params block (floats); activations come from the arena through the
+ * same forward code run once "dry" at plan time (layers.h), so the plan can never disagree with
+ * the forward pass. */
+#ifndef EFFDET_MODEL_H
+#define EFFDET_MODEL_H
+
+#include <stddef.h>
+
+#include "kernels/ops.h"
+#include "worker/model/config.h"
+#include "worker/model/params.h"
+
+enum { NO_PARAM = (size_t)-1 };
+
+typedef struct ConvP {
+    size_t w, b; /* offsets in the params block; b == NO_PARAM: no bias */
+    int cin, cout, k, stride, depthwise;
+} ConvP;
+
+typedef struct BnP {
+    size_t gamma, beta; /* params block */
+    size_t mean, var;   /* buffers block */
+    int c;
+} BnP;
+
+typedef struct SeP {
+    size_t w_r, b_r, w_e, b_e;
+    int c, cr;
+} SeP;
+
+typedef struct BlockP {
+    BlockCfg cfg;
+    ConvP expand, dw, project; /* expand unused in DS blocks */
+    BnP bn_expand, bn_dw, bn_project;
+    SeP se;
+} BlockP;
+
+/* Depthwise k x k (no bias) then pointwise 1x1 (bias), optionally BN. */
+typedef struct SepConvP {
+    ConvP dw, pw;
+    int has_bn;
+    BnP bn;
+} SepConvP;
+
+/* A 1x1 conv + BN that brings a backbone map to fpn_channels; absent when channels already match. */
+typedef struct ResampleP {
+    int has_conv;
+    ConvP conv;
+    BnP bn;
+} ResampleP;
+
+typedef struct FnodeP {
+    FpnNodeCfg cfg;
+    ResampleP resample[MAX_FPN_INPUTS];
+    size_t edge; /* edge weights (n_inputs) or NO_PARAM for plain sum */
+    SepConvP conv;
+} FnodeP;
+
+typedef struct HeadP {
+    int outputs_per_anchor; /* num_classes or 4 */
+    SepConvP rep[8];        /* shared across levels, no BN */
+    BnP bn[8][MAX_LEVELS];  /* per repeat, per level */
+    SepConvP predict;
+} HeadP;
+
+/* Activation tensor: NHWC view into backend memory. */
+typedef struct Act4 {
+    float *p;
+    int n, h, w, c;
+} Act4;
+
+static inline size_t act_count(Act4 a) { return (size_t)a.n * a.h * a.w * a.c; }
+
+typedef struct Model {
+    ModelConfig cfg;
+    ParamTable table;
+    const Ops *ops;
+    OpsCtx *ctx;
+    float *params;  /* backend memory, table.n_params floats */
+    float *buffers; /* backend memory, table.n_buffers floats */
+
+    ConvP stem;
+    BnP stem_bn;
+    BlockP blocks[MAX_BLOCKS];
+    ResampleP extra[MAX_LEVELS]; /* levels past the backbone (P6: conv+BN+pool, P7..: pool) */
+    FnodeP (*cells)[MAX_FPN_NODES]; /* fpn_repeats cells */
+    HeadP class_head, box_head;
+
+    /* The plan: fixed by model_plan. */
+    int batch, in_h, in_w;
+    int feat_h[MAX_LEVELS], feat_w[MAX_LEVELS];
+    char *arena;
+    size_t arena_bytes;
+    Act4 input;                   /* (B, H, W, 3), filled by the caller */
+    Act4 class_out[MAX_LEVELS];   /* (B, fh, fw, A * num_classes) raw logits */
+    Act4 box_out[MAX_LEVELS];     /* (B, fh, fw, A * 4) raw (ty, tx, th, tw) */
+    Act4 backbone_feat[3];        /* debugging: strides 8, 16, 32 */
+    Act4 fpn_feat[MAX_LEVELS];    /* debugging: BiFPN outputs */
+} Model;
+
+int model_create(Model *m, const ModelConfig *cfg, const Ops *ops, int device, Err *err);
+/* Builds the layers and the parameter table only, with no backend and no memory (effdet info). */
+void model_describe(Model *m, const ModelConfig *cfg);
+void model_free(Model *m); /* idempotent */
+int model_load_weights(Model *m, const char *path, Err *err);
+int model_init_random(Model *m, unsigned long long seed, Err *err);
+/* Sizes the arena for (batch, h, w); input sizes must give at least one pixel at max_level. */
+int model_plan(Model *m, int batch, int h, int w, Err *err);
+/* Runs the network on m->input; fills class_out/box_out. */
+void model_forward(Model *m);
+
+/* Counts for `effdet info`. */
+size_t model_count_params(const Model *m);
+size_t model_count_bn_buffers(const Model *m);
+
+/* Declarations of each part's parameters (build) and its forward pass, one file each. */
+struct Fwd;
+void backbone_build(Model *m);
+void backbone_forward(struct Fwd *f, Model *m, Act4 x, Act4 feats[3]);
+void bifpn_build(Model *m);
+void bifpn_forward(struct Fwd *f, Model *m, const Act4 feats[3], Act4 out[MAX_LEVELS]);
+void head_build(Model *m, HeadP *h, const char *prefix, int outputs_per_anchor);
+void head_forward(struct Fwd *f, Model *m, const HeadP *h, const Act4 *in, Act4 *out);
+
+#endif

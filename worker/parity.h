@@ -1,0 +1,41 @@
+/* parity.h: running a reference fixture directory (weights.safetensors + io.safetensors, as in
+ * ../shared/fixtures/effdet_d0_128) through our model, and comparing with what the reference
+ * computed. Used by `effdet parity` and by tests/parity.
+ *
+ * The fixture's weights metadata names the model ("model"), "num_classes", "image_size" [H, W]
+ * and "batch"; io.safetensors holds "input" (B, 3, H, W) NCHW. Outputs are produced under the
+ * fixture's own names and layouts: class_out.L (B, A*C, fh, fw), box_out.L (B, A*4, fh, fw) NCHW,
+ * detections (B, max_det, 6) rows [x1, y1, x2, y2, score, class] zero-padded, anchors (N, 4). */
+#ifndef EFFDET_PARITY_H
+#define EFFDET_PARITY_H
+
+#include "shared/err.h"
+#include "worker/anchors.h"
+#include "worker/model/model.h"
+
+typedef struct ParityRun {
+    ModelConfig cfg;
+    Model model;
+    Anchors anchors;
+    int batch, h, w;
+    float *class_out[MAX_LEVELS]; /* host, NCHW */
+    float *box_out[MAX_LEVELS];   /* host, NCHW */
+    float *detections;            /* host (B, max_det, 6) */
+} ParityRun;
+
+int parity_run(ParityRun *r, const char *dir, const char *device, Err *err);
+void parity_run_free(ParityRun *r); /* idempotent */
+int parity_write(const ParityRun *r, const char *path, Err *err);
+
+/* max|ours - ref| / max|ref| over n values (0 when both are all zero). */
+double parity_rel_err(const float *ours, const float *ref, size_t n);
+
+/* Matches detection rows (rows of 6) as sets: same class, each box corner within
+ * box_abs + box_rel * |ref| pixels, score within score_tol. Returns the number of rows of either
+ * side left unmatched (0 = same). From the same head outputs, boxes agree to 1e-3 px; through a
+ * whole float32 network, head outputs differ by float noise (~1e-6 relative) that exp() turns into
+ * ~1e-3 px on boxes hundreds of pixels wide, hence the relative term (the fixture README's 1e-4). */
+int parity_match_detections(const float *ours, const float *ref, int rows, float box_abs,
+                            float box_rel, float score_tol);
+
+#endif
