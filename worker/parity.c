@@ -131,7 +131,7 @@ int parity_run(ParityRun *r, const char *dir, const char *device, Err *err)
     if (!ops || model_config_get(model, num_classes, &r->cfg, err) != 0) return -1;
     if (model_create(&r->model, &r->cfg, ops, dev, err) != 0) return -1;
     if (model_load_weights(&r->model, wpath, err) != 0 ||
-        model_plan(&r->model, r->batch, r->h, r->w, err) != 0 ||
+        model_plan(&r->model, r->batch, r->h, r->w, PLAN_INFER, err) != 0 ||
         anchors_build(&r->anchors, &r->cfg, r->h, r->w, err) != 0 || load_input(r, iopath, err) != 0)
         goto fail;
     model_forward(&r->model);

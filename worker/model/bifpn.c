@@ -82,6 +82,7 @@ static Act4 fnode_forward(Fwd *f, const Model *m, const FnodeP *nd, const Act4 *
         ptrs[i] = in[i].p;
     }
     Act4 fused = fwd_take(f, in[0].n, oh, ow, m->cfg.fpn_channels);
+    for (int i = 0; i < nd->cfg.n_inputs; i++) fwd_use(f, in[i]);
     if (!f->dry)
         f->ops->fuse_forward(f->ctx, fused.p, ptrs, nd->edge == NO_PARAM ? NULL : f->params + nd->edge,
                              nd->cfg.n_inputs, act_count(fused));

@@ -8,14 +8,29 @@
 
 Act4 fwd_take(Fwd *f, int n, int h, int w, int c)
 {
-    Act4 a = {NULL, n, h, w, c};
-    size_t bytes = ((size_t)n * h * w * c * sizeof(float) + 255) / 256 * 256;
-    if (!f->dry) {
-        ASSERT(f->used + bytes <= f->cap);
-        a.p = (float *)(f->arena + f->used);
+    Act4 a = {NULL, n, h, w, c, f->step};
+    if (f->dry) {
+        if (f->step == f->cap) {
+            f->cap = f->cap ? 2 * f->cap : 1024;
+            f->bytes = realloc(f->bytes, (size_t)f->cap * sizeof *f->bytes);
+            f->first = realloc(f->first, (size_t)f->cap * sizeof *f->first);
+            f->last = realloc(f->last, (size_t)f->cap * sizeof *f->last);
+            ASSERT(f->bytes && f->first && f->last);
+        }
+        f->bytes[f->step] = ((size_t)n * h * w * c * sizeof(float) + 255) / 256 * 256;
+        f->first[f->step] = f->last[f->step] = f->step;
+    } else {
+        a.p = (float *)(f->arena + f->offset[f->step]);
     }
-    f->used += bytes;
+    f->step++;
     return a;
+}
+
+void fwd_use(Fwd *f, Act4 x)
+{
+    /* The op reading x is issued after the takes of its outputs, so x's life reaches the
+     * newest activation and the two never share memory. */
+    if (f->dry && f->last[x.id] < f->step - 1) f->last[x.id] = f->step - 1;
 }
 
 ConvP layer_conv(Model *m, const char *prefix, int cin, int cout, int k, int stride, int bias)
@@ -69,6 +84,7 @@ Act4 fwd_conv(Fwd *f, const ConvP *c, Act4 x)
     ASSERT(x.c == c->cin);
     conv_shape_same(&s, x.n, x.h, x.w, x.c, c->cout, c->k, c->stride);
     Act4 y = fwd_take(f, x.n, s.oh, s.ow, c->cout);
+    fwd_use(f, x);
     if (f->dry) {
         if (!c->depthwise) {
             size_t ws = f->ops->conv2d_workspace_bytes(&s);
@@ -88,6 +104,7 @@ Act4 fwd_bn(Fwd *f, const BnP *bn, Act act, Act4 x)
 {
     ASSERT(x.c == bn->c);
     Act4 y = fwd_take(f, x.n, x.h, x.w, x.c);
+    fwd_use(f, x);
     if (!f->dry)
         f->ops->bn_infer_forward(f->ctx, y.p, x.p, f->params + bn->gamma, f->params + bn->beta,
                                  f->buffers + bn->mean, f->buffers + bn->var, f->eps, act,
@@ -98,6 +115,7 @@ Act4 fwd_bn(Fwd *f, const BnP *bn, Act act, Act4 x)
 Act4 fwd_act(Fwd *f, Act act, Act4 x)
 {
     Act4 y = fwd_take(f, x.n, x.h, x.w, x.c);
+    fwd_use(f, x);
     if (!f->dry) f->ops->act_forward(f->ctx, y.p, x.p, act, act_count(x));
     return y;
 }
@@ -115,6 +133,7 @@ Act4 fwd_maxpool_same(Fwd *f, Act4 x, int oh, int ow)
     pool_shape_same(&s, x.n, x.h, x.w, x.c, 3, 2);
     ASSERT(s.oh == oh && s.ow == ow);
     Act4 y = fwd_take(f, x.n, oh, ow, x.c);
+    fwd_use(f, x);
     if (!f->dry) f->ops->maxpool_forward(f->ctx, y.p, x.p, &s);
     return y;
 }
@@ -122,6 +141,7 @@ Act4 fwd_maxpool_same(Fwd *f, Act4 x, int oh, int ow)
 Act4 fwd_upsample(Fwd *f, Act4 x, int oh, int ow)
 {
     Act4 y = fwd_take(f, x.n, oh, ow, x.c);
+    fwd_use(f, x);
     if (!f->dry) f->ops->upsample_nearest_forward(f->ctx, y.p, x.p, x.n, x.h, x.w, x.c, oh, ow);
     return y;
 }
@@ -130,6 +150,8 @@ Act4 fwd_add(Fwd *f, Act4 a, Act4 b)
 {
     ASSERT(act_count(a) == act_count(b));
     Act4 y = fwd_take(f, a.n, a.h, a.w, a.c);
+    fwd_use(f, a);
+    fwd_use(f, b);
     if (!f->dry) f->ops->add_forward(f->ctx, y.p, a.p, b.p, act_count(a));
     return y;
 }

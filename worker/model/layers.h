@@ -1,10 +1,11 @@
 /* layers.h: the building blocks every part of the model shares: parameter declaration helpers
  * (conv, BN, separable conv with effdet's names) and forward helpers over the op table.
  *
- * Planning is a dry run of the forward code: with f->dry set, fwd_take only adds up the bytes
- * each activation needs (256-byte aligned) and no op runs. The real pass takes the same
- * activations in the same order from the arena sized by the dry run, so the arena is exactly
- * what the forward pass needs and nothing allocates during it. */
+ * Planning is a dry run of the forward code: with f->dry set, no op runs; fwd_take records each
+ * activation's size and the step it is made, and fwd_use the last step that reads it. From those
+ * lifetimes the plan gives every activation a fixed arena offset (model.c: shared memory for
+ * activations whose lives do not overlap, or one slot each when training keeps them all). The
+ * real pass takes the same activations in the same order, so nothing allocates during it. */
 #ifndef EFFDET_LAYERS_H
 #define EFFDET_LAYERS_H
 
@@ -17,12 +18,19 @@ typedef struct Fwd {
     float eps;
     int dry;            /* planning pass: count bytes, run nothing */
     char *arena;
-    size_t used, cap;   /* bytes */
-    size_t workspace;   /* largest conv workspace seen (planning) */
+    const size_t *offset; /* real pass: arena offset of each activation, by sequence number */
+    int step;             /* activations taken so far */
+    size_t workspace;     /* largest conv workspace seen (planning) */
+    /* Dry run: per activation, bytes and lifetime [first, last] in steps. */
+    size_t *bytes;
+    int *first, *last;
+    int cap;
 } Fwd;
 
-/* A new (n, h, w, c) activation from the arena (p == NULL in a dry run). */
+/* A new (n, h, w, c) activation (p == NULL in a dry run). */
 Act4 fwd_take(Fwd *f, int n, int h, int w, int c);
+/* Marks x as read by the op being issued now (extends its life in the plan). */
+void fwd_use(Fwd *f, Act4 x);
 
 /* Parameter declarations with effdet's names; prefix is e.g. "backbone.blocks.1.0.conv_pw". */
 ConvP layer_conv(Model *m, const char *prefix, int cin, int cout, int k, int stride, int bias);

@@ -45,7 +45,9 @@ void model_free(Model *m)
     }
     free(m->cells);
     param_table_free(&m->table);
+    free(m->act_offset);
     m->ctx = NULL, m->params = NULL, m->buffers = NULL, m->arena = NULL, m->cells = NULL;
+    m->act_offset = NULL;
 }
 
 /* Weights are staged in host memory, then uploaded once. */
@@ -96,16 +98,68 @@ static void network_forward(Fwd *f, Model *m)
     bifpn_forward(f, m, m->backbone_feat, m->fpn_feat);
     head_forward(f, m, &m->class_head, m->fpn_feat, m->class_out);
     head_forward(f, m, &m->box_head, m->fpn_feat, m->box_out);
+    /* The head outputs are what the caller reads: alive to the end. */
+    for (int l = 0; l < m->cfg.num_levels; l++) fwd_use(f, m->class_out[l]), fwd_use(f, m->box_out[l]);
 }
 
 static Fwd fwd_begin(Model *m, int dry)
 {
     Fwd f = {.ops = m->ops, .ctx = m->ctx, .params = m->params, .buffers = m->buffers,
-             .eps = m->cfg.bn_eps, .dry = dry, .arena = m->arena, .cap = m->arena_bytes};
+             .eps = m->cfg.bn_eps, .dry = dry, .arena = m->arena, .offset = m->act_offset};
     return f;
 }
 
-int model_plan(Model *m, int batch, int h, int w, Err *err)
+typedef struct Placed {
+    size_t off, bytes;
+} Placed;
+
+static int by_offset(const void *a, const void *b)
+{
+    size_t x = ((const Placed *)a)->off, y = ((const Placed *)b)->off;
+    return x < y ? -1 : x > y;
+}
+
+/* Greedy interval placement, largest first: each activation goes to the lowest offset that does
+ * not overlap an already placed activation alive at the same time. Returns the arena size. */
+static size_t place_shared(const Fwd *f, size_t *offset)
+{
+    int n = f->step;
+    int *order = malloc((size_t)n * sizeof *order);
+    Placed *busy = malloc((size_t)n * sizeof *busy);
+    char *placed = calloc((size_t)n, 1);
+    ASSERT(order && busy && placed);
+    for (int i = 0; i < n; i++) order[i] = i;
+    for (int i = 1; i < n; i++) /* insertion sort by size, descending: stable and n is small */
+        for (int j = i; j > 0 && f->bytes[order[j]] > f->bytes[order[j - 1]]; j--) {
+            int t = order[j]; order[j] = order[j - 1]; order[j - 1] = t;
+        }
+    size_t total = 0;
+    for (int a = 0; a < n; a++) {
+        int i = order[a], nb = 0;
+        for (int j = 0; j < n; j++)
+            if (placed[j] && f->first[j] <= f->last[i] && f->first[i] <= f->last[j])
+                busy[nb++] = (Placed){offset[j], f->bytes[j]};
+        qsort(busy, (size_t)nb, sizeof *busy, by_offset);
+        size_t off = 0;
+        for (int k = 0; k < nb; k++) {
+            if (busy[k].off >= off + f->bytes[i]) break;
+            if (busy[k].off + busy[k].bytes > off) off = busy[k].off + busy[k].bytes;
+        }
+        offset[i] = off, placed[i] = 1;
+        if (off + f->bytes[i] > total) total = off + f->bytes[i];
+    }
+    free(order), free(busy), free(placed);
+    return total;
+}
+
+static size_t place_all(const Fwd *f, size_t *offset)
+{
+    size_t total = 0;
+    for (int i = 0; i < f->step; i++) offset[i] = total, total += f->bytes[i];
+    return total;
+}
+
+int model_plan(Model *m, int batch, int h, int w, PlanMode mode, Err *err)
 {
     if (batch < 1 || h < 1 || w < 1 || h > 16384 || w > 16384)
         return err_set(err, "%s: bad input size batch %d, %dx%d", m->cfg.name, batch, h, w);
@@ -123,17 +177,23 @@ int model_plan(Model *m, int batch, int h, int w, Err *err)
     }
     Fwd dry = fwd_begin(m, 1);
     network_forward(&dry, m);
+    free(m->act_offset);
+    m->act_offset = malloc((size_t)dry.step * sizeof *m->act_offset);
+    ASSERT(m->act_offset);
+    m->n_acts = dry.step;
+    m->reuse = mode == PLAN_INFER;
+    size_t bytes = m->reuse ? place_shared(&dry, m->act_offset) : place_all(&dry, m->act_offset);
+    free(dry.bytes), free(dry.first), free(dry.last);
     m->ops->mem_free(m->ctx, m->arena);
-    m->arena = m->ops->mem_alloc(m->ctx, dry.used, err);
-    if (!m->arena) return err_wrap(err, "%s: activation arena of %zu MB: ", m->cfg.name, dry.used >> 20);
-    m->arena_bytes = dry.used;
+    m->arena = m->ops->mem_alloc(m->ctx, bytes, err);
+    if (!m->arena) return err_wrap(err, "%s: activation arena of %zu MB: ", m->cfg.name, bytes >> 20);
+    m->arena_bytes = bytes;
     if (m->ops->workspace_reserve(m->ctx, dry.workspace, err) != 0) return -1;
-    /* Pointers of the named activations (input, outputs) come from a real-mode pass that runs no
-     * op: the same sequence of takes as the dry run, now against the arena. */
-    log_debug("%s: planned batch %d, %dx%d: arena %.1f MB, conv workspace %.1f MB", m->cfg.name,
-              batch, h, w, dry.used / 1048576.0, dry.workspace / 1048576.0);
-    Fwd real = fwd_begin(m, 0);
-    m->input = fwd_take(&real, m->batch, m->in_h, m->in_w, 3);
+    log_debug("%s: planned batch %d, %dx%d: %d activations in an arena of %.1f MB, conv workspace "
+              "%.1f MB", m->cfg.name, batch, h, w, m->n_acts, bytes / 1048576.0,
+              dry.workspace / 1048576.0);
+    /* The input's pointer is known before any forward: callers fill it first. */
+    m->input.p = (float *)(m->arena + m->act_offset[0]);
     return 0;
 }
 
@@ -142,7 +202,7 @@ void model_forward(Model *m)
     ASSERT(m->arena);
     Fwd f = fwd_begin(m, 0);
     network_forward(&f, m);
-    ASSERT(f.used == m->arena_bytes);
+    ASSERT(f.step == m->n_acts);
 }
 
 size_t model_count_params(const Model *m)

@@ -75,6 +75,7 @@ typedef struct HeadP {
 typedef struct Act4 {
     float *p;
     int n, h, w, c;
+    int id; /* position in the plan's sequence of activations */
 } Act4;
 
 static inline size_t act_count(Act4 a) { return (size_t)a.n * a.h * a.w * a.c; }
@@ -99,6 +100,9 @@ typedef struct Model {
     int feat_h[MAX_LEVELS], feat_w[MAX_LEVELS];
     char *arena;
     size_t arena_bytes;
+    int reuse;                    /* inference plan: activations share memory when their lives don't overlap */
+    int n_acts;
+    size_t *act_offset;           /* (n_acts) byte offset of each activation in the arena */
     Act4 input;                   /* (B, H, W, 3), filled by the caller */
     Act4 class_out[MAX_LEVELS];   /* (B, fh, fw, A * num_classes) raw logits */
     Act4 box_out[MAX_LEVELS];     /* (B, fh, fw, A * 4) raw (ty, tx, th, tw) */
@@ -112,8 +116,11 @@ void model_describe(Model *m, const ModelConfig *cfg);
 void model_free(Model *m); /* idempotent */
 int model_load_weights(Model *m, const char *path, Err *err);
 int model_init_random(Model *m, unsigned long long seed, Err *err);
-/* Sizes the arena for (batch, h, w); input sizes must give at least one pixel at max_level. */
-int model_plan(Model *m, int batch, int h, int w, Err *err);
+/* Sizes the arena for (batch, h, w); input sizes must give at least one pixel at max_level.
+ * PLAN_INFER lets activations share memory once they are dead (only the input and the head
+ * outputs stay valid after a forward); PLAN_KEEP_ALL keeps every activation, as training needs. */
+typedef enum { PLAN_INFER = 0, PLAN_KEEP_ALL = 1 } PlanMode;
+int model_plan(Model *m, int batch, int h, int w, PlanMode mode, Err *err);
 /* Runs the network on m->input; fills class_out/box_out. */
 void model_forward(Model *m);
 

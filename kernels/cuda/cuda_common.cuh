@@ -1,0 +1,150 @@
+/* cuda_common.cuh: what every file of the CUDA backend shares: the error checks, the backend's
+ * `struct OpsCtx`, launch-size helpers, the device-side activations and the declarations of the
+ * ops that ops_cuda.cu puts in the table.
+ *
+ * Conventions
+ * - Every kernel launch is followed by CUDA_CHECK(cudaGetLastError()), and every op ends with
+ *   CUDA_OP_END(ctx): with EFFDET_SYNC_CHECK=1 (read once when the context is created) it waits for
+ *   the stream, so an asynchronous fault is reported at the op that caused it rather than at some
+ *   later call.
+ * - All work goes to ctx->stream; nothing uses the legacy default stream, whose implicit
+ *   synchronization would hide ordering bugs.
+ * - Elementwise kernels use grid-stride loops over size_t indices, so any count fits in a grid that
+ *   cuda__blocks() caps. Ops return early on empty tensors: a launch of zero blocks is an error. */
+#ifndef EFFDET_CUDA_COMMON_CUH
+#define EFFDET_CUDA_COMMON_CUH
+
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+#include <cudnn.h>
+
+/* The project's headers are C: their functions keep C linkage when nvcc compiles them as C++. */
+extern "C" {
+#include "kernels/ops.h"
+#include "shared/check.h"
+}
+
+#define CUDA_CHECK(expr) CHECK_GEN(expr, cudaSuccess, cudaGetErrorString)
+#define CUDNN_CHECK(expr) CHECK_GEN(expr, CUDNN_STATUS_SUCCESS, cudnnGetErrorString)
+#define CUBLAS_CHECK(expr) CHECK_GEN(expr, CUBLAS_STATUS_SUCCESS, cublasGetStatusString)
+
+/* Ends every op: with EFFDET_SYNC_CHECK=1 the stream is drained here, so a fault in this op's
+ * kernels is reported with this op's file and line. */
+#define CUDA_OP_END(ctx)                                                                         \
+    do {                                                                                         \
+        if ((ctx)->sync_check) CUDA_CHECK(cudaStreamSynchronize((ctx)->stream));                 \
+    } while (0)
+
+typedef struct ConvPlan ConvPlan; /* conv_cudnn.cu: cuDNN descriptors + algorithm for one shape */
+
+struct OpsCtx {
+    int device;             /* the GPU this context was created on */
+    int sync_check;         /* EFFDET_SYNC_CHECK=1: synchronize after each op */
+    cudaStream_t stream;    /* every kernel, copy and library call of this context runs here */
+    cudnnHandle_t cudnn;    /* bound to stream; used only in conv_cudnn.cu */
+    cublasHandle_t cublas;  /* bound to stream; for the GEMMs of the backward pass */
+    void *workspace;        /* device scratch, reserved once at plan time, never grown in an op */
+    size_t workspace_bytes;
+    ConvPlan *conv_plans;   /* fixed-capacity cache of per-shape convolution plans */
+    int conv_plan_count;    /* slots in use */
+    int conv_plan_next;     /* next slot to reuse once all are in use (round robin) */
+};
+
+/* Threads per block of the 1-D kernels, and the most blocks a grid-stride launch uses: plenty to
+ * fill any current GPU, and within every grid dimension's limit. */
+enum { CUDA_BLOCK = 256 };
+static const size_t CUDA_MAX_BLOCKS = 65535;
+
+static inline unsigned cuda__cap_blocks(size_t blocks)
+{
+    return (unsigned)(blocks < CUDA_MAX_BLOCKS ? blocks : CUDA_MAX_BLOCKS);
+}
+
+/* Blocks for a grid-stride loop over count items with CUDA_BLOCK threads per block. */
+static inline unsigned cuda__blocks(size_t count)
+{
+    return cuda__cap_blocks((count + CUDA_BLOCK - 1) / CUDA_BLOCK);
+}
+
+/* A flat NHWC index split into its coordinates; every per-element kernel starts with this. */
+typedef struct NhwcIndex {
+    size_t n;
+    int y, x, c;
+} NhwcIndex;
+
+__device__ __forceinline__ NhwcIndex cuda__nhwc(size_t i, int h, int w, int c)
+{
+    NhwcIndex r;
+    r.c = (int)(i % c);
+    size_t pix = i / c;
+    r.x = (int)(pix % w);
+    r.y = (int)(pix / w % h);
+    r.n = pix / ((size_t)w * h);
+    return r;
+}
+
+/* Calls visit(iy, ix, tap) for every cell of output (oy, ox)'s window that lies inside the h x w
+ * input, ky outer and kx inner as the CPU loops, with tap = ky * kw + kx. Cells outside the input
+ * are SAME padding and are skipped: zero padding for a sum, -inf padding for a max. */
+template <typename Visit>
+__device__ __forceinline__ void cuda__window(int oy, int ox, int h, int w, int kh, int kw,
+                                             int stride, int pad_top, int pad_left, Visit visit)
+{
+    for (int ky = 0; ky < kh; ky++) {
+        int iy = oy * stride - pad_top + ky;
+        if (iy < 0 || iy >= h) continue;
+        for (int kx = 0; kx < kw; kx++) {
+            int ix = ox * stride - pad_left + kx;
+            if (ix < 0 || ix >= w) continue;
+            visit(iy, ix, ky * kw + kx);
+        }
+    }
+}
+
+/* The CPU's scalar activations (kernels/cpu/cpu_internal.h), same expressions. The division is
+ * IEEE-rounded (nvcc's default without --use_fast_math); CUDA's expf is within 2 ulp of glibc's. */
+__device__ __forceinline__ float cuda__sigmoid(float x) { return 1.0f / (1.0f + expf(-x)); }
+__device__ __forceinline__ float cuda__silu(float x) { return x / (1.0f + expf(-x)); }
+__device__ __forceinline__ float cuda__act(float x, Act act)
+{
+    return act == ACT_SILU ? cuda__silu(x) : act == ACT_SIGMOID ? cuda__sigmoid(x) : x;
+}
+
+/* The backend's functions, with C linkage so C code (benchmarks, tests) may call them directly. */
+extern "C" {
+
+/* conv_cudnn.cu: the cuDNN handle and the plan cache live and die with the context. */
+int cuda__conv_ctx_init(OpsCtx *ctx, Err *err);
+void cuda__conv_ctx_free(OpsCtx *ctx);
+size_t cuda__conv2d_workspace_bytes(const ConvShape *s);
+void cuda__conv2d_forward(OpsCtx *ctx, float *out, const float *in, const float *w, const float *b,
+                          const ConvShape *s);
+
+/* depthwise.cu */
+void cuda__dwconv2d_forward(OpsCtx *ctx, float *out, const float *in, const float *w,
+                            const ConvShape *s);
+
+/* elementwise.cu */
+void cuda__bn_infer_forward(OpsCtx *ctx, float *out, const float *in, const float *gamma,
+                            const float *beta, const float *mean, const float *var, float eps,
+                            Act act, size_t rows, int c);
+void cuda__act_forward(OpsCtx *ctx, float *out, const float *in, Act act, size_t count);
+void cuda__se_forward(OpsCtx *ctx, float *out, float *pooled, float *hidden, float *gate,
+                      const float *x, const float *w_r, const float *b_r, const float *w_e,
+                      const float *b_e, int n, int hw, int c, int cr);
+void cuda__add_forward(OpsCtx *ctx, float *out, const float *a, const float *b, size_t count);
+void cuda__maxpool_forward(OpsCtx *ctx, float *out, const float *in, const PoolShape *s);
+void cuda__upsample_nearest_forward(OpsCtx *ctx, float *out, const float *in, int n, int h, int w,
+                                    int c, int oh, int ow);
+void cuda__fuse_forward(OpsCtx *ctx, float *out, const float *const *ins, const float *w, int k,
+                        size_t count);
+
+} /* extern "C" */
+
+#endif

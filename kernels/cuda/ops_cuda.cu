@@ -1,0 +1,167 @@
+/* ops_cuda.cu: the CUDA backend's context, memory and op table (kernels/ops.h).
+ *
+ * A context owns one non-blocking stream, the cuDNN and cuBLAS handles bound to it, and one
+ * workspace. Everything a context does is ordered on its stream: allocation zeroes with
+ * cudaMemsetAsync, uploads are cudaMemcpyAsync (the runtime stages pageable memory, so the caller
+ * may reuse its buffer on return), downloads wait for the stream before returning.
+ *
+ * Failures that come from the machine rather than from a bug (no GPU, no driver, out of memory)
+ * travel up through Err, so `--device cuda` on a machine without a GPU ends with one line instead
+ * of a crash. A failed runtime call also leaves its code in the runtime's "last error", which the
+ * next CUDA_CHECK(cudaGetLastError()) after a launch would report against an innocent kernel; the
+ * error paths below therefore clear it with cudaGetLastError().
+ *
+ * ctx_create makes its device current for the calling thread, and ops assume it stays current:
+ * one context per process and GPU, as the worker runs. */
+#include <string.h>
+
+#include "kernels/cuda/cuda_common.cuh"
+
+/* Fills err with "what: runtime message", clears the runtime's last error and returns -1. */
+static int cuda_fail(Err *err, cudaError_t rc, const char *what)
+{
+    (void)cudaGetLastError();
+    return err_set(err, "cuda backend: %s: %s", what, cudaGetErrorString(rc));
+}
+
+/* Checks that `device` names a usable GPU, without touching any device state. */
+static int cuda_device_check(int device, Err *err)
+{
+    int count = 0;
+    cudaError_t rc = cudaGetDeviceCount(&count);
+    if (rc != cudaSuccess) return cuda_fail(err, rc, "no usable CUDA device (cudaGetDeviceCount)");
+    if (count == 0) return err_set(err, "cuda backend: no CUDA device: the driver reports 0 GPUs");
+    if (device < 0 || device >= count)
+        return err_set(err, "cuda backend: device cuda:%d does not exist (%d GPU%s)", device, count,
+                       count == 1 ? "" : "s");
+    return 0;
+}
+
+static void cuda_ctx_destroy(OpsCtx *ctx)
+{
+    if (!ctx) return;
+    /* Work may still be queued; nothing below may be released under it. */
+    if (ctx->stream) CUDA_CHECK(cudaStreamSynchronize(ctx->stream));
+    cuda__conv_ctx_free(ctx);
+    if (ctx->cublas) CUBLAS_CHECK(cublasDestroy(ctx->cublas));
+    if (ctx->workspace) CUDA_CHECK(cudaFree(ctx->workspace));
+    if (ctx->stream) CUDA_CHECK(cudaStreamDestroy(ctx->stream));
+    free(ctx);
+}
+
+static OpsCtx *cuda_ctx_create(int device, Err *err)
+{
+    if (cuda_device_check(device, err) < 0) return NULL;
+    OpsCtx *ctx = (OpsCtx *)calloc(1, sizeof *ctx);
+    if (!ctx) return err_set(err, "cuda backend: out of host memory"), nullptr;
+    ctx->device = device;
+    const char *sync = getenv("EFFDET_SYNC_CHECK");
+    ctx->sync_check = sync && !strcmp(sync, "1");
+
+    cudaError_t rc = cudaSetDevice(device);
+    if (rc != cudaSuccess) {
+        cuda_fail(err, rc, "cudaSetDevice");
+        goto fail;
+    }
+    rc = cudaStreamCreateWithFlags(&ctx->stream, cudaStreamNonBlocking);
+    if (rc != cudaSuccess) {
+        ctx->stream = NULL;
+        cuda_fail(err, rc, "creating a stream");
+        goto fail;
+    }
+    if (cublasCreate(&ctx->cublas) != CUBLAS_STATUS_SUCCESS) {
+        ctx->cublas = NULL;
+        (void)cudaGetLastError();
+        err_set(err, "cuda backend: cannot create a cuBLAS handle (out of device memory?)");
+        goto fail;
+    }
+    CUBLAS_CHECK(cublasSetStream(ctx->cublas, ctx->stream));
+    if (cuda__conv_ctx_init(ctx, err) < 0) goto fail;
+    return ctx;
+fail:
+    cuda_ctx_destroy(ctx);
+    return NULL;
+}
+
+static void *cuda_mem_alloc(OpsCtx *ctx, size_t bytes, Err *err)
+{
+    /* Rounded up to whole 256-byte blocks (cudaMalloc's alignment) so the zeroing covers what a
+     * vectorized kernel may read, and so zero bytes still yield a distinct, non-NULL pointer. */
+    size_t rounded = bytes ? (bytes + 255) / 256 * 256 : 256;
+    void *p = NULL;
+    cudaError_t rc = cudaMalloc(&p, rounded);
+    if (rc != cudaSuccess) {
+        char what[96];
+        snprintf(what, sizeof what, "cannot allocate %zu bytes on cuda:%d", bytes, ctx->device);
+        return cuda_fail(err, rc, what), nullptr;
+    }
+    CUDA_CHECK(cudaMemsetAsync(p, 0, rounded, ctx->stream));
+    return p;
+}
+
+static void cuda_mem_free(OpsCtx *ctx, void *p)
+{
+    /* cudaFree waits for the device, so no queued kernel can still be using p. */
+    (void)ctx;
+    if (p) CUDA_CHECK(cudaFree(p));
+}
+
+static void cuda_mem_upload(OpsCtx *ctx, void *dst, const void *host_src, size_t bytes)
+{
+    if (!bytes) return;
+    CUDA_CHECK(cudaMemcpyAsync(dst, host_src, bytes, cudaMemcpyHostToDevice, ctx->stream));
+    CUDA_OP_END(ctx);
+}
+
+static void cuda_mem_download(OpsCtx *ctx, void *host_dst, const void *src, size_t bytes)
+{
+    if (!bytes) return;
+    CUDA_CHECK(cudaMemcpyAsync(host_dst, src, bytes, cudaMemcpyDeviceToHost, ctx->stream));
+    CUDA_CHECK(cudaStreamSynchronize(ctx->stream));
+}
+
+static void cuda_sync(OpsCtx *ctx) { CUDA_CHECK(cudaStreamSynchronize(ctx->stream)); }
+
+/* Grows the workspace (never shrinks it). The convolution plans notice the new size by themselves
+ * and pick their algorithms again (conv_cudnn.cu). */
+static int cuda_workspace_reserve(OpsCtx *ctx, size_t bytes, Err *err)
+{
+    if (bytes <= ctx->workspace_bytes) return 0;
+    void *p = cuda_mem_alloc(ctx, bytes, err);
+    if (!p) return err_wrap(err, "reserving the workspace: ");
+    if (ctx->workspace) CUDA_CHECK(cudaFree(ctx->workspace));
+    ctx->workspace = p;
+    ctx->workspace_bytes = bytes;
+    return 0;
+}
+
+static const Ops cuda_ops = {
+    .name = "cuda",
+    .host_memory = 0,
+    .ctx_create = cuda_ctx_create,
+    .ctx_destroy = cuda_ctx_destroy,
+    .mem_alloc = cuda_mem_alloc,
+    .mem_free = cuda_mem_free,
+    .mem_upload = cuda_mem_upload,
+    .mem_download = cuda_mem_download,
+    .sync = cuda_sync,
+    .conv2d_workspace_bytes = cuda__conv2d_workspace_bytes,
+    .workspace_reserve = cuda_workspace_reserve,
+    .conv2d_forward = cuda__conv2d_forward,
+    .dwconv2d_forward = cuda__dwconv2d_forward,
+    .bn_infer_forward = cuda__bn_infer_forward,
+    .act_forward = cuda__act_forward,
+    .se_forward = cuda__se_forward,
+    .add_forward = cuda__add_forward,
+    .maxpool_forward = cuda__maxpool_forward,
+    .upsample_nearest_forward = cuda__upsample_nearest_forward,
+    .fuse_forward = cuda__fuse_forward,
+};
+
+/* The entry point of libeffdet_cuda.so, found with dlsym by kernels/ops_cuda_loader.c. */
+extern "C" __attribute__((visibility("default"))) const Ops *effdet_cuda_ops(Err *err)
+{
+    /* Device 0 stands for "any GPU at all"; ctx_create checks the index the user asked for. */
+    if (cuda_device_check(0, err) < 0) return NULL;
+    return &cuda_ops;
+}
