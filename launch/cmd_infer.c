@@ -2,6 +2,9 @@
  *   [--batch-size B] [--device D] [--score-thresh T] [--draw DIR [--draw-thresh T]]
  *   IMAGE... --out results.json`.
  *
+ * `--weights random` runs deterministic random weights (demos, benchmarks): real path, meaningless
+ * boxes.
+ *
  * Writes COCO results JSON ({image_id, category_id, bbox [x, y, w, h] in original pixels, score}),
  * atomically. image_id is the file name's number when the name is all digits (COCO's
  * 000000397133.jpg -> 397133), otherwise the image's 1-based position on the command line.
@@ -24,13 +27,14 @@
 #include "shared/log.h"
 
 static const char *USAGE =
-    "effdet infer --model NAME --weights FILE [--num-classes N] [--image-size HxW] "
+    "effdet infer --model NAME --weights FILE|random [--num-classes N] [--image-size HxW] "
     "[--batch-size B] [--device cpu|cuda[:N]] [--score-thresh T] [--draw DIR] [--draw-thresh T] "
     "IMAGE... --out results.json";
 
 typedef struct InferArgs {
     InferOptions o;
     const char *out, *draw_dir;
+    int random_weights;
     double draw_thresh;
     char **images;
     int n_images;
@@ -54,7 +58,10 @@ static int parse(int argc, char **argv, InferArgs *a, Err *err)
     while ((opt = getopt_long(argc, argv, "", opts, NULL)) != -1) {
         switch (opt) {
         case 'm': a->o.model = optarg; break;
-        case 'W': a->o.weights = optarg; break;
+        case 'W': /* "random": deterministic random weights, for demos and benchmarks */
+            a->random_weights = !strcmp(optarg, "random");
+            a->o.weights = a->random_weights ? NULL : optarg;
+            break;
         case 'n': if (cli_parse_int("--num-classes", optarg, 1, 100000, &v, err)) return -1; a->o.num_classes = (int)v; break;
         case 's': if (cli_parse_hw("--image-size", optarg, &a->o.h, &a->o.w, err)) return -1; break;
         case 'b': if (cli_parse_int("--batch-size", optarg, 1, 4096, &v, err)) return -1; a->o.batch = (int)v; break;
@@ -66,7 +73,7 @@ static int parse(int argc, char **argv, InferArgs *a, Err *err)
         default: return err_set(err, "unknown option (usage: %s)", USAGE);
         }
     }
-    if (!a->o.model || !a->o.weights || !a->out || optind >= argc)
+    if (!a->o.model || (!a->o.weights && !a->random_weights) || !a->out || optind >= argc)
         return err_set(err, "--model, --weights, --out and at least one image are required (usage: %s)", USAGE);
     a->images = argv + optind;
     a->n_images = argc - optind;

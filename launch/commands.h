@@ -8,5 +8,6 @@ int cmd_parity(int argc, char **argv);
 int cmd_infer(int argc, char **argv);
 int cmd_bench(int argc, char **argv);
 int cmd_eval(int argc, char **argv);
+int cmd_demo(int argc, char **argv);
 
 #endif

@@ -275,10 +275,10 @@ static void test_malformed(void **state)
     static const struct { const char *text, *want; } cases[] = {
         {"", "dets.json:1:1: expected a list of detections, found the end of the file"},
         {"[", "dets.json:1:2: detection 0: malformed JSON: expected a value, found the end of the file"},
-        {"[{", "1:3: malformed JSON: expected a string key, found the end of the file"},
+        {"[{", "1:3: detection 0: malformed JSON: expected a string key, found the end of the file"},
         {"[{'image_id'", "expected ':' after a key, found the end of the file"},
         {"[{'image_id': 1,}]", "1:17: detection 0: malformed JSON: expected a string key, found '}'"},
-        {"[{'image_id': 1 'score': 1}]", "expected ',' or '}' after an object member, found '''"},
+        {"[{'image_id': 1 'score': 1}]", "expected ',' or '}' after an object member, found '\"'"},
         {"[{'bbox': [1 2]}]", "1:14: detection 0: malformed JSON: expected ',' or ']' after a list"},
         {"[{'x': [1,]}]", "malformed JSON: expected a value, found ']'"},
         {"[{'x': 'abc}]", "1:8: detection 0: malformed JSON: unterminated string"},
@@ -297,7 +297,8 @@ static void test_malformed(void **state)
         {"[] []", "1:4: malformed JSON: expected the end of the file after the top-level value"},
         {"[\n{'image_id': 1,\n 'bbox': [1, 2, 3]}\n]",
          "dets.json:3:10: detection 0: \"bbox\" must hold 4 numbers, found 3"},
-        {"[\r\n {}\r\n ,{'x': ]}", "dets.json:3:8: detection 1: malformed JSON: expected a value"},
+        {"[\r\n {'image_id': 1, 'category_id': 1, 'bbox': [0, 0, 1, 1], 'score': 1}\r\n ,{'x': ]}",
+         "dets.json:3:9: detection 1: malformed JSON: expected a value, found ']'"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) expect_dets_error(cases[i].text, cases[i].want);
     expect_gt_error("{'images': [{'id': 1}], 'categories': []", "1:41: malformed JSON: expected "
