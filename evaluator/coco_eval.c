@@ -12,11 +12,14 @@
  * 2. run sorts the detections by (image, category, descending score, arrival order) and walks
  *    images and categories in step with the GT groups. Each (image, category) keeps its 100 best
  *    detections and is matched once for the 4 area ranges x 10 IoU thresholds
- *    (coco_eval_match.c); the outcome is two bits per (area, threshold) in a 40-byte record per
+ *    (coco_eval_match.c); the outcome is two bits per (area, threshold) in a 32-byte record per
  *    detection. Matching only 100 and cutting to 1 or 10 later is what pycocotools does too, and
  *    is exact because greedy matching in score order never looks at lower-scored detections.
- * 3. accumulate ranks each category's records by score and walks them once per (area, maxDets,
- *    threshold) (coco_eval_accum.c); summarize averages with numpy's pairwise summation.
+ * 3. accumulate ranks each category's records by score (a stable radix sort) and walks them
+ *    once per (area, maxDets, threshold) (coco_eval_accum.c); summarize averages with numpy's
+ *    pairwise summation.
+ * Sorting is counting and radix sorts, lookups by id are hashed: on the val2017-sized bench the
+ * whole evaluation takes about 0.3 s on one core (docs/evaluator.md).
  *
  * Detections arrive either as a whole results file or image by image (the evaluator process
  * receives them from workers during an epoch); the arrival order is kept in each detection, as
@@ -166,7 +169,8 @@ static void eval_index_gt(CocoEval *ev, const CocoDataset *ds)
         g->area = a->area, g->cat = keys[i].cat, g->crowd = a->iscrowd != 0;
         g->id_nonzero = a->id != 0;
         ev->gt_start[keys[i].img + 1]++;
-        group = i && keys[i].img == keys[i - 1].img && keys[i].cat == keys[i - 1].cat ? group + 1 : 1;
+        int same = i && keys[i].img == keys[i - 1].img && keys[i].cat == keys[i - 1].cat;
+        group = same ? group + 1 : 1;
         max_group = group > max_group ? group : max_group;
         for (int r = 0; r < COCO_EVAL_NUM_AREAS && !g->crowd; r++)
             ev->npig[g->cat * COCO_EVAL_NUM_AREAS + r] +=
@@ -392,10 +396,9 @@ void coco_eval_run(CocoEval *ev, CocoEvalResult *res)
     memset(res, 0, sizeof *res);
     ASSERT(ev->n_dets <= UINT32_MAX);
     EvalRec *recs = malloc((ev->n_dets ? ev->n_dets : 1) * sizeof *recs);
-    double *prec = malloc((COCO_EVAL_NUM_AREAS * COCO_EVAL_NUM_IOU * COCO_EVAL_NUM_RECALL * K + 1) *
-                          sizeof *prec);
-    double *recall = malloc(
-        (COCO_EVAL_NUM_AREAS * COCO_EVAL_NUM_MAX_DETS * COCO_EVAL_NUM_IOU * K + 1) * sizeof *recall);
+    size_t n_prec = COCO_EVAL_NUM_AREAS * COCO_EVAL_NUM_IOU * COCO_EVAL_NUM_RECALL * K + 1;
+    size_t n_recall = COCO_EVAL_NUM_AREAS * COCO_EVAL_NUM_MAX_DETS * COCO_EVAL_NUM_IOU * K + 1;
+    double *prec = malloc(n_prec * sizeof *prec), *recall = malloc(n_recall * sizeof *recall);
     res->category_ids = malloc((K ? K : 1) * sizeof *res->category_ids);
     res->category_ap = malloc((K ? K : 1) * sizeof *res->category_ap);
     ASSERT(recs && prec && recall && res->category_ids && res->category_ap);

@@ -45,7 +45,7 @@ typedef struct CocoEvalResult {
     int64_t *category_ids; /* (n_categories) ascending, every category of the ground truth */
     double *category_ap;   /* (n_categories) AP@[.5:.95], area all, 100 dets; -1 without GT */
     size_t n_dets;         /* detections added */
-    size_t n_dets_unknown_category; /* dropped: category not in the ground truth (pycocotools too) */
+    size_t n_dets_unknown_category; /* dropped: category not in the GT (as pycocotools does) */
     size_t n_dets_over_max;         /* beyond the 100 best of an (image, category): never counted */
 } CocoEvalResult;
 

@@ -38,7 +38,7 @@ typedef struct EvalDet {
     double box[4];
     double score;
     uint32_t img, cat;  /* indices into the sorted image and category ids */
-    uint64_t seq;       /* arrival order, which breaks score ties as the results file's order does */
+    uint64_t seq;       /* arrival order: breaks score ties as the results file's order does */
 } EvalDet;
 
 /* One kept detection after matching, as accumulate() needs it. Records are written in image-id

@@ -50,8 +50,8 @@ static double match_iou(const double *d, double da, const double *g, int crowd)
  * ignored one (they are ordered last). order[] lists GTs non-ignored first; n_ok of them. */
 static void match_threshold(const EvalGt *gt, size_t ng, size_t nd, const double *iou,
                             const uint32_t *order, size_t n_ok, const uint8_t *det_out,
-                            double thr, int t, uint8_t *taken, uint32_t (*flags)[COCO_EVAL_NUM_AREAS],
-                            int a)
+                            double thr, int t, uint8_t *taken,
+                            uint32_t (*flags)[COCO_EVAL_NUM_AREAS], int a)
 {
     memset(taken, 0, ng);
     for (size_t i = 0; i < nd; i++) {

@@ -15,9 +15,11 @@
  *   max((out - 1) * stride + k - in, 0) is split floor(total / 2) before (top/left) and the rest
  *   after. A ConvShape carries pad_top/pad_left; bottom/right follow from the output size.
  * - Signatures read (ctx, outputs..., saved-for-backward..., inputs..., params..., shape).
- * - Gradient rule (for the backward ops that join with training): gradients of parameters are
- *   accumulated (+=); gradients of activations are written (=), except for tensors that fan out
- *   (BiFPN nodes, residual inputs), whose gradients are accumulated (+=).
+ * - Gradient rule: every backward op ACCUMULATES (+=) into the gradients it produces, of
+ *   parameters and of activations alike. The model zeroes the gradient arena and the parameter
+ *   gradient block before a backward pass, so tensors that fan out (BiFPN nodes, residual
+ *   inputs, heads shared across levels) need no special case. `dx` arguments may be NULL when the
+ *   input needs no gradient (the network input, frozen layers).
  * - Ops never allocate; scratch space comes from OpsCtx, sized by ops->workspace_bytes at plan time.
  */
 #ifndef EFFDET_OPS_H
@@ -63,6 +65,7 @@ typedef struct Ops {
     void (*mem_free)(OpsCtx *ctx, void *p);
     void (*mem_upload)(OpsCtx *ctx, void *dst, const void *host_src, size_t bytes);
     void (*mem_download)(OpsCtx *ctx, void *host_dst, const void *src, size_t bytes);
+    void (*mem_zero)(OpsCtx *ctx, void *p, size_t bytes);
     void (*sync)(OpsCtx *ctx);
     /* Scratch bytes a convolution of this shape needs (im2col and the like); the model sizes the
      * context's workspace once with the maximum over its convolutions. */
@@ -103,6 +106,84 @@ typedef struct Ops {
      * with w == NULL: out = sum_i in_i (d6, d7, d7x). */
     void (*fuse_forward)(OpsCtx *ctx, float *out, const float *const *ins, const float *w, int k,
                          size_t count);
+
+    /* ---- training: train-mode batch norm, backward passes, loss, optimizer ------------------- */
+
+    /* Train-mode batch norm over rows = N*H*W: batch mean and biased variance per channel;
+     * save_mean/save_invstd (C) keep mean and 1/sqrt(var + eps) for the backward pass;
+     * out = act((in - mean) * invstd * gamma + beta). When running_mean/var are non-NULL they are
+     * updated in place as PyTorch does: r = (1 - momentum) * r + momentum * batch, with the
+     * unbiased variance (rows / (rows - 1)) for running_var. */
+    void (*bn_train_forward)(OpsCtx *ctx, float *out, float *save_mean, float *save_invstd,
+                             float *running_mean, float *running_var, const float *in,
+                             const float *gamma, const float *beta, float eps, float momentum,
+                             Act act, size_t rows, int c);
+    /* Backward of bn_train_forward (act included: the pre-activation is recomputed from in).
+     * dx, dgamma, dbeta += ... */
+    void (*bn_train_backward)(OpsCtx *ctx, float *dx, float *dgamma, float *dbeta, const float *dy,
+                              const float *in, const float *gamma, const float *beta,
+                              const float *save_mean, const float *save_invstd, Act act,
+                              size_t rows, int c);
+    /* Backward of bn_infer_forward (frozen statistics, e.g. a frozen backbone): dx, dgamma,
+     * dbeta += ... Any of dx, dgamma, dbeta may be NULL. */
+    void (*bn_infer_backward)(OpsCtx *ctx, float *dx, float *dgamma, float *dbeta, const float *dy,
+                              const float *in, const float *gamma, const float *beta,
+                              const float *mean, const float *var, float eps, Act act,
+                              size_t rows, int c);
+    /* dx += dy * act'(x) for out = act(x). */
+    void (*act_backward)(OpsCtx *ctx, float *dx, const float *dy, const float *x, Act act,
+                         size_t count);
+    /* dx (N,H,W,Cin) += conv^T(dy); dw (Cout,KH,KW,Cin) += ...; db (Cout) += sum dy (db may be NULL;
+     * dx may be NULL). */
+    void (*conv2d_backward)(OpsCtx *ctx, float *dx, float *dw, float *db, const float *dy,
+                            const float *x, const float *w, const ConvShape *s);
+    /* Depthwise: dx (N,H,W,C) += ..., dw (KH,KW,C) += ... (dx may be NULL). */
+    void (*dwconv2d_backward)(OpsCtx *ctx, float *dx, float *dw, const float *dy, const float *x,
+                              const float *w, const ConvShape *s);
+    /* Backward of se_forward, with the tensors it saved: dx, dw_r, db_r, dw_e, db_e += ... */
+    void (*se_backward)(OpsCtx *ctx, float *dx, float *dw_r, float *db_r, float *dw_e, float *db_e,
+                        const float *dy, const float *x, const float *pooled, const float *hidden,
+                        const float *gate, const float *w_r, const float *b_r, const float *w_e,
+                        int n, int hw, int c, int cr);
+    /* dst += src, elementwise (the backward of add_forward, once per input). */
+    void (*accumulate)(OpsCtx *ctx, float *dst, const float *src, size_t count);
+    /* Max pool backward: each window's gradient goes to its maximum (the first one in scan order
+     * on ties, as PyTorch). dx += ... */
+    void (*maxpool_backward)(OpsCtx *ctx, float *dx, const float *dy, const float *x,
+                             const PoolShape *s);
+    /* Nearest upsample backward: dx (N,H,W,C) += sum of dy over the cells that copied it. */
+    void (*upsample_nearest_backward)(OpsCtx *ctx, float *dx, const float *dy, int n, int h, int w,
+                                      int c, int oh, int ow);
+    /* Fusion backward: dins[i] += d out / d in_i (a host array of k backend pointers, entries may
+     * be NULL), dw (k values, or NULL for sum fusion) += d out / d w through relu and the
+     * normalization. */
+    void (*fuse_backward)(OpsCtx *ctx, float *const *dins, float *dw, const float *dy,
+                          const float *const *ins, const float *w, int k, size_t count);
+
+    /* Focal + Huber loss of one pyramid level, accumulated: loss[0] += class loss,
+     * loss[1] += box loss (both already divided by norm = positives + 1; the caller forms
+     * total = loss[0] + box_weight * loss[1]); dcls, dbox = their gradients (=, not +=), with the
+     * box gradient already multiplied by box_weight. cls (rows, A*C) logits, box (rows, A*4);
+     * cls_target (rows*A) int32: class channel 0..C-1, -1 background, -2 ignore; box_target
+     * (rows*A, 4) (ty, tx, th, tw), entries equal to 0 are masked out as effdet does.
+     * focal = alpha_t (1 - p_t)^gamma BCE(logit, onehot smoothed by label_smoothing);
+     * huber(e) = 0.5 e^2 if |e| <= delta else delta (|e| - delta / 2), summed over components
+     * and divided by 4 * norm. loss is backend memory (2 floats, zeroed by the caller). */
+    void (*detection_loss)(OpsCtx *ctx, float *loss, float *dcls, float *dbox, const float *cls,
+                           const float *box, const int32_t *cls_target, const float *box_target,
+                           size_t rows, int anchors, int classes, float norm, float alpha,
+                           float gamma, float delta, float box_weight, float label_smoothing);
+
+    /* sum of squares of count values into *out (backend memory, one float; =). */
+    void (*sum_squares)(OpsCtx *ctx, float *out, const float *x, size_t count);
+    /* SGD with momentum (PyTorch's form) over the parameter block, with the gradient scaled by
+     * grad_scale first (clipping) and decoupled weight decay added to it where decay_mask is 1:
+     * g = grad * grad_scale + wd * mask * p; buf = momentum * buf + g; p -= lr * buf. */
+    void (*sgd_update)(OpsCtx *ctx, float *params, float *momentum_buf, const float *grads,
+                       const uint8_t *decay_mask, float lr, float momentum, float weight_decay,
+                       float grad_scale, size_t count);
+    /* ema = decay * ema + (1 - decay) * x over count values. */
+    void (*ema_update)(OpsCtx *ctx, float *ema, const float *x, float decay, size_t count);
 } Ops;
 
 /* The backends. ops_cuda() returns NULL (and fills err) where the CUDA backend was not built or no

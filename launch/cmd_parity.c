@@ -3,6 +3,7 @@
  * names and layouts (worker/parity.h). Where the fixture holds the reference outputs, it also
  * prints, per tensor, max|ours - ref| / max|ref| and whether the detections match as sets. */
 #include <getopt.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -23,6 +24,29 @@ static void report_tensor(const SafeTensors *ref, const char *name, const float 
     memcpy(buf, t->data, n * sizeof(float));
     printf("  %-14s max|ours-ref|/max|ref| = %.3e\n", name, parity_rel_err(ours, buf, n));
     free(buf);
+}
+
+/* Training half: losses (relative error) and every gradient / statistic the reference lists. */
+static void report_train(const ParityRun *r, const char *dir)
+{
+    char path[1024];
+    SafeTensors ref;
+    Err err;
+    snprintf(path, sizeof path, "%s/train.safetensors", dir);
+    if (!r->has_train || st_open(&ref, path, &err) != 0) return;
+    printf("comparison with %s:\n", path);
+    const char *names[3] = {"loss", "class_loss", "box_loss"};
+    for (int i = 0; i < 3; i++) {
+        const StTensor *t = st_find(&ref, names[i]);
+        float v;
+        if (!t || t->dtype != ST_F32 || t->nbytes != sizeof v) continue;
+        memcpy(&v, t->data, sizeof v);
+        printf("  %-14s ours %.9g ref %.9g rel err %.3e\n", names[i], r->loss[i], v,
+               v ? fabs((r->loss[i] - v) / v) : fabs(r->loss[i]));
+    }
+    for (int i = 0; i < r->n_extra; i++)
+        report_tensor(&ref, r->extra[i].name, r->extra[i].data, parity_tensor_numel(&r->extra[i]));
+    st_close(&ref);
 }
 
 static void report(const ParityRun *r, const char *dir)
@@ -86,6 +110,7 @@ int cmd_parity(int argc, char **argv)
     if (rc == 0) {
         printf("wrote %s (%s, batch %d, %dx%d)\n", out, r.cfg.name, r.batch, r.h, r.w);
         report(&r, dir);
+        report_train(&r, dir);
     }
     parity_run_free(&r);
     return rc ? cli_fail("parity", &err) : 0;

@@ -9,5 +9,7 @@ int cmd_infer(int argc, char **argv);
 int cmd_bench(int argc, char **argv);
 int cmd_eval(int argc, char **argv);
 int cmd_demo(int argc, char **argv);
+int cmd_train(int argc, char **argv);
+int cmd_synth(int argc, char **argv);
 
 #endif

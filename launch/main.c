@@ -16,6 +16,8 @@ static const Command commands[] = {
     {"parity", cmd_parity, "run a reference fixture directory and write our outputs (DIR --out FILE)"},
     {"infer", cmd_infer, "detect objects in JPEG images (--model NAME --weights FILE IMAGE... --out FILE)"},
     {"bench", cmd_bench, "measure speed (--mode forward --model NAME --device cpu --batch-size B --json)"},
+    {"train", cmd_train, "train on a COCO-format dataset (--data DIR --model NAME ...)"},
+    {"synth", cmd_synth, "write a synthetic COCO-format dataset (--out DIR --images N --seed S)"},
     {"demo", cmd_demo, "the README's main job: inference on synthetic photos (--out DIR)"},
     {"eval", cmd_eval, "COCO bbox evaluation (--gt GT.json --dets DETS.json [--json])"},
 };

@@ -135,7 +135,7 @@ int parity_run(ParityRun *r, const char *dir, const char *device, Err *err)
         anchors_build(&r->anchors, &r->cfg, r->h, r->w, err) != 0 || load_input(r, iopath, err) != 0)
         goto fail;
     model_forward(&r->model);
-    if (collect_outputs(r, err) != 0) goto fail;
+    if (collect_outputs(r, err) != 0 || parity_run_train(r, dir, device, err) != 0) goto fail;
     return 0;
 fail:
     parity_run_free(r);
@@ -152,12 +152,14 @@ void parity_run_free(ParityRun *r)
     }
     free(r->detections);
     r->detections = NULL;
+    for (int i = 0; i < r->n_extra; i++) free(r->extra[i].data);
+    r->n_extra = 0;
 }
 
 int parity_write(const ParityRun *r, const char *path, Err *err)
 {
     const ModelConfig *c = &r->cfg;
-    StWriteTensor ts[2 * MAX_LEVELS + 2];
+    StWriteTensor ts[2 * MAX_LEVELS + 5 + PARITY_MAX_EXTRA];
     char names[2 * MAX_LEVELS][32];
     int n = 0, A = model_config_anchors_per_loc(c);
     for (int l = 0; l < c->num_levels; l++) {
@@ -172,6 +174,17 @@ int parity_write(const ParityRun *r, const char *path, Err *err)
     }
     ts[n++] = (StWriteTensor){"detections", ST_F32, 3, {r->batch, c->max_det_per_image, 6}, r->detections};
     ts[n++] = (StWriteTensor){"anchors", ST_F32, 2, {r->anchors.count, 4}, r->anchors.boxes};
+    if (r->has_train) {
+        ts[n++] = (StWriteTensor){"loss", ST_F32, 0, {0}, &r->loss[0]};
+        ts[n++] = (StWriteTensor){"class_loss", ST_F32, 0, {0}, &r->loss[1]};
+        ts[n++] = (StWriteTensor){"box_loss", ST_F32, 0, {0}, &r->loss[2]};
+        for (int i = 0; i < r->n_extra; i++) {
+            const ParityTensor *e = &r->extra[i];
+            ts[n] = (StWriteTensor){e->name, ST_F32, e->ndim, {0}, e->data};
+            for (int d = 0; d < e->ndim; d++) ts[n].shape[d] = e->shape[d];
+            n++;
+        }
+    }
     const char *meta[] = {"model", c->name, "generator", "effdet-c parity"};
     return st_write(path, ts, n, meta, 2, err);
 }

@@ -13,6 +13,23 @@
 #include "worker/anchors.h"
 #include "worker/model/model.h"
 
+/* One named host tensor of a parity result (PyTorch layout). */
+typedef struct ParityTensor {
+    char name[160];
+    int ndim;
+    int64_t shape[4];
+    float *data;
+} ParityTensor;
+
+enum { PARITY_MAX_EXTRA = 256 };
+
+static inline size_t parity_tensor_numel(const ParityTensor *e)
+{
+    size_t n = 1;
+    for (int d = 0; d < e->ndim; d++) n *= (size_t)e->shape[d];
+    return n;
+}
+
 typedef struct ParityRun {
     ModelConfig cfg;
     Model model;
@@ -21,9 +38,17 @@ typedef struct ParityRun {
     float *class_out[MAX_LEVELS]; /* host, NCHW */
     float *box_out[MAX_LEVELS];   /* host, NCHW */
     float *detections;            /* host (B, max_det, 6) */
+    /* Training parity (train.safetensors present): loss, class_loss, box_loss, every grad.<name>
+     * the reference lists and the bn_after.<name> running statistics after the train forward. */
+    int has_train;
+    float loss[3];
+    ParityTensor extra[PARITY_MAX_EXTRA];
+    int n_extra;
 } ParityRun;
 
 int parity_run(ParityRun *r, const char *dir, const char *device, Err *err);
+/* The training half: runs when DIR/train.safetensors exists (called by parity_run). */
+int parity_run_train(ParityRun *r, const char *dir, const char *device, Err *err);
 void parity_run_free(ParityRun *r); /* idempotent */
 int parity_write(const ParityRun *r, const char *path, Err *err);
 

@@ -33,6 +33,59 @@ void cpu__upsample_nearest_forward(OpsCtx *ctx, float *out, const float *in, int
 void cpu__fuse_forward(OpsCtx *ctx, float *out, const float *const *ins, const float *w, int k,
                        size_t count);
 
+/* Training (see the training section of kernels/ops.h). */
+void cpu__bn_train_forward(OpsCtx *ctx, float *out, float *save_mean, float *save_invstd,
+                           float *running_mean, float *running_var, const float *in,
+                           const float *gamma, const float *beta, float eps, float momentum,
+                           Act act, size_t rows, int c);
+void cpu__bn_train_backward(OpsCtx *ctx, float *dx, float *dgamma, float *dbeta, const float *dy,
+                            const float *in, const float *gamma, const float *beta,
+                            const float *save_mean, const float *save_invstd, Act act,
+                            size_t rows, int c);
+void cpu__bn_infer_backward(OpsCtx *ctx, float *dx, float *dgamma, float *dbeta, const float *dy,
+                            const float *in, const float *gamma, const float *beta,
+                            const float *mean, const float *var, float eps, Act act, size_t rows,
+                            int c);
+void cpu__act_backward(OpsCtx *ctx, float *dx, const float *dy, const float *x, Act act,
+                       size_t count);
+void cpu__conv2d_backward(OpsCtx *ctx, float *dx, float *dw, float *db, const float *dy,
+                          const float *x, const float *w, const ConvShape *s);
+void cpu__dwconv2d_backward(OpsCtx *ctx, float *dx, float *dw, const float *dy, const float *x,
+                            const float *w, const ConvShape *s);
+void cpu__se_backward(OpsCtx *ctx, float *dx, float *dw_r, float *db_r, float *dw_e, float *db_e,
+                      const float *dy, const float *x, const float *pooled, const float *hidden,
+                      const float *gate, const float *w_r, const float *b_r, const float *w_e,
+                      int n, int hw, int c, int cr);
+void cpu__accumulate(OpsCtx *ctx, float *dst, const float *src, size_t count);
+void cpu__maxpool_backward(OpsCtx *ctx, float *dx, const float *dy, const float *x,
+                           const PoolShape *s);
+void cpu__upsample_nearest_backward(OpsCtx *ctx, float *dx, const float *dy, int n, int h, int w,
+                                    int c, int oh, int ow);
+void cpu__fuse_backward(OpsCtx *ctx, float *const *dins, float *dw, const float *dy,
+                        const float *const *ins, const float *w, int k, size_t count);
+void cpu__sum_squares(OpsCtx *ctx, float *out, const float *x, size_t count);
+void cpu__sgd_update(OpsCtx *ctx, float *params, float *momentum_buf, const float *grads,
+                     const uint8_t *decay_mask, float lr, float momentum, float weight_decay,
+                     float grad_scale, size_t count);
+void cpu__ema_update(OpsCtx *ctx, float *ema, const float *x, float decay, size_t count);
+
+/* Deterministic parallel sums (reduce.c): out[0..width) = the sums that fn adds into its zeroed
+ * acc over [begin, end) subranges of [0, n). The split is fixed (not one part per thread), the
+ * parts sum in double and meet in a fixed order, so results are bit-identical run to run. */
+enum { CPU_REDUCE_CHUNKS = 32, CPU_REDUCE_WIDTH = 256 };
+typedef void (*CpuReduceFn)(double *acc, size_t begin, size_t end, const void *arg);
+void cpu__reduce(double *out, int width, size_t n, CpuReduceFn fn, const void *arg);
+/* out[j] = sum over rows r of a[r * ld + j] * b[r * ld + j] (of a alone when b is NULL), j < ct
+ * <= CPU_REDUCE_WIDTH. */
+void cpu__column_dots(double *out, const float *a, const float *b, size_t rows, int ld, int ct);
+/* dst[j] += sum over rows of a (rows, c), for any c. */
+void cpu__column_sums_add(float *dst, const float *a, size_t rows, int c);
+
+void cpu__detection_loss(OpsCtx *ctx, float *loss, float *dcls, float *dbox, const float *cls,
+                         const float *box, const int32_t *cls_target, const float *box_target,
+                         size_t rows, int anchors, int classes, float norm, float alpha,
+                         float gamma, float delta, float box_weight, float label_smoothing);
+
 /* expf for activations, written so that loops over it vectorize (glibc's expf is a call the
  * compiler will not vectorize without -ffast-math). Cody-Waite range reduction x = n ln2 + r,
  * |r| <= ln2/2, then a degree-6 Taylor polynomial for e^r and 2^n built in the exponent bits:
@@ -63,6 +116,13 @@ static inline float cpu__silu(float x) { return x / (1.0f + cpu__expf(-x)); }
 static inline float cpu__act(float x, Act act)
 {
     return act == ACT_SILU ? cpu__silu(x) : act == ACT_SIGMOID ? cpu__sigmoid(x) : x;
+}
+/* act'(x): silu' = s (1 + x (1 - s)), sigmoid' = s (1 - s), with s = sigmoid(x). */
+static inline float cpu__act_grad(float x, Act act)
+{
+    if (act == ACT_NONE) return 1.0f;
+    float s = cpu__sigmoid(x);
+    return act == ACT_SILU ? s * (1.0f + x * (1.0f - s)) : s * (1.0f - s);
 }
 
 #endif

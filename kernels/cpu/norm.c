@@ -1,8 +1,38 @@
-/* norm.c: CPU batch norm (inference) and activations, NHWC rows of C channels. */
+/* norm.c: CPU batch norm (inference and training) and activations, forward and backward, over
+ * NHWC rows of C channels.
+ *
+ * Train-mode batch norm and the backward passes work channel tile by channel tile (BN_TILE
+ * channels), so that a tile's per-channel sums fit the deterministic reduction of reduce.c and its
+ * coefficients fit on the stack whatever the channel count. Every pass computes the
+ * pre-activation the same way, pre = x * scale + shift with scale = gamma * invstd and
+ * shift = beta - mean * scale (PyTorch's folded form), so the backward recomputes exactly what the
+ * forward activated. */
 #include "kernels/cpu/cpu_internal.h"
 #include "shared/check.h"
 
-enum { BN_MAX_CHANNELS = 8192 };
+enum { BN_MAX_CHANNELS = 8192, BN_TILE = 64 };
+
+/* out (rows, ld) = act(in * scale + shift) over ct channels of each row (ct <= ld). One loop per
+ * activation keeps the inner loop branch-free, so it vectorizes. */
+static void bn_apply(float *out, const float *in, const float *scale, const float *shift, Act act,
+                     size_t rows, int ld, int ct)
+{
+#pragma omp parallel for schedule(static)
+    for (size_t r = 0; r < rows; r++) {
+        const float *x = in + r * ld;
+        float *y = out + r * ld;
+        if (act == ACT_SILU) {
+#pragma omp simd
+            for (int ch = 0; ch < ct; ch++) y[ch] = cpu__silu(x[ch] * scale[ch] + shift[ch]);
+        } else if (act == ACT_SIGMOID) {
+#pragma omp simd
+            for (int ch = 0; ch < ct; ch++) y[ch] = cpu__sigmoid(x[ch] * scale[ch] + shift[ch]);
+        } else {
+#pragma omp simd
+            for (int ch = 0; ch < ct; ch++) y[ch] = x[ch] * scale[ch] + shift[ch];
+        }
+    }
+}
 
 void cpu__bn_infer_forward(OpsCtx *ctx, float *out, const float *in, const float *gamma,
                            const float *beta, const float *mean, const float *var, float eps,
@@ -17,21 +47,191 @@ void cpu__bn_infer_forward(OpsCtx *ctx, float *out, const float *in, const float
         scale[ch] = gamma[ch] * invstd;
         shift[ch] = beta[ch] - mean[ch] * scale[ch];
     }
-    /* One loop per activation keeps the inner loop branch-free, so it vectorizes. */
+    bn_apply(out, in, scale, shift, act, rows, c, c);
+}
+
+/* One channel tile [c0, c0 + ct) of a batch norm: views of x and dy that start at c0 (row stride
+ * c) and the tile's per-channel statistics and coefficients. */
+typedef struct BnTile {
+    const float *x, *dy;
+    int c, ct;
+    Act act;
+    double mean_d[BN_TILE]; /* batch mean in double, for the variance pass */
+    float mean[BN_TILE], invstd[BN_TILE], scale[BN_TILE], shift[BN_TILE];
+} BnTile;
+
+static BnTile bn_tile(const float *x, const float *dy, int c0, int c, Act act)
+{
+    BnTile t = {.x = x + c0, .dy = dy ? dy + c0 : NULL, .c = c, .act = act};
+    t.ct = c - c0 < BN_TILE ? c - c0 : BN_TILE;
+    return t;
+}
+
+/* Fills scale and shift of a tile whose mean and invstd are set. */
+static void bn_tile_fold(BnTile *t, const float *gamma, const float *beta)
+{
+    for (int j = 0; j < t->ct; j++) {
+        t->scale[j] = gamma[j] * t->invstd[j];
+        t->shift[j] = beta[j] - t->mean[j] * t->scale[j];
+    }
+}
+
+/* Sum of squared deviations from the double mean, per channel of the tile. */
+static void bn_sqdev_chunk(double *acc, size_t begin, size_t end, const void *arg)
+{
+    const BnTile *t = arg;
+    for (size_t r = begin; r < end; r++) {
+        const float *x = t->x + r * t->c;
+        for (int j = 0; j < t->ct; j++) {
+            double d = x[j] - t->mean_d[j];
+            acc[j] += d * d;
+        }
+    }
+}
+
+void cpu__bn_train_forward(OpsCtx *ctx, float *out, float *save_mean, float *save_invstd,
+                           float *running_mean, float *running_var, const float *in,
+                           const float *gamma, const float *beta, float eps, float momentum,
+                           Act act, size_t rows, int c)
+{
+    ASSERT(rows >= 2); /* PyTorch refuses one value per channel in training too */
+    for (int c0 = 0; c0 < c; c0 += BN_TILE) {
+        BnTile t = bn_tile(in, NULL, c0, c, act);
+        double sum[BN_TILE], sqdev[BN_TILE];
+        /* Two passes (mean, then squared deviations) rather than E[x^2] - mean^2, which cancels
+         * badly when |mean| >> std. */
+        cpu__column_dots(sum, t.x, NULL, rows, c, t.ct);
+        for (int j = 0; j < t.ct; j++) t.mean_d[j] = sum[j] / (double)rows;
+        cpu__reduce(sqdev, t.ct, rows, bn_sqdev_chunk, &t);
+        for (int j = 0; j < t.ct; j++) {
+            int ch = c0 + j;
+            t.mean[j] = (float)t.mean_d[j];
+            t.invstd[j] = (float)(1.0 / sqrt(sqdev[j] / (double)rows + eps));
+            save_mean[ch] = t.mean[j];
+            save_invstd[ch] = t.invstd[j];
+            /* PyTorch's update, in its order: r = momentum * batch + (1 - momentum) * r. */
+            if (running_mean)
+                running_mean[ch] = momentum * t.mean[j] + (1.0f - momentum) * running_mean[ch];
+            if (running_var) {
+                float unbiased = (float)(sqdev[j] / (double)(rows - 1));
+                running_var[ch] = momentum * unbiased + (1.0f - momentum) * running_var[ch];
+            }
+        }
+        bn_tile_fold(&t, gamma + c0, beta + c0);
+        bn_apply(out + c0, t.x, t.scale, t.shift, act, rows, c, t.ct);
+    }
+}
+
+/* dz = dy * act'(pre) over one row of a tile: the gradient at the pre-activation. */
+static void bn_row_dz(float *dz, const float *x, const float *dy, const BnTile *t)
+{
+    if (t->act == ACT_NONE) {
+        for (int j = 0; j < t->ct; j++) dz[j] = dy[j];
+        return;
+    }
+    for (int j = 0; j < t->ct; j++)
+        dz[j] = dy[j] * cpu__act_grad(x[j] * t->scale[j] + t->shift[j], t->act);
+}
+
+/* acc[j] += dz, acc[ct + j] += dz * xhat with xhat = (x - mean) * invstd: the sums that give
+ * dbeta and dgamma. */
+static void bn_grad_chunk(double *acc, size_t begin, size_t end, const void *arg)
+{
+    const BnTile *t = arg;
+    float dz[BN_TILE];
+    for (size_t r = begin; r < end; r++) {
+        const float *x = t->x + r * t->c;
+        bn_row_dz(dz, x, t->dy + r * t->c, t);
+        for (int j = 0; j < t->ct; j++) {
+            float xhat = (x[j] - t->mean[j]) * t->invstd[j];
+            acc[j] += dz[j];
+            acc[t->ct + j] += (double)dz[j] * xhat;
+        }
+    }
+}
+
+/* Reduces a tile's dbeta (sum_dz) and dgamma (sum_dzx) sums and adds them to the non-NULL
+ * outputs. */
+static void bn_tile_param_grads(double *sum_dz, double *sum_dzx, float *dgamma, float *dbeta,
+                                const BnTile *t, size_t rows)
+{
+    double acc[2 * BN_TILE];
+    cpu__reduce(acc, 2 * t->ct, rows, bn_grad_chunk, t);
+    for (int j = 0; j < t->ct; j++) {
+        sum_dz[j] = acc[j];
+        sum_dzx[j] = acc[t->ct + j];
+        if (dbeta) dbeta[j] += (float)sum_dz[j];
+        if (dgamma) dgamma[j] += (float)sum_dzx[j];
+    }
+}
+
+/* dx (rows, c) += g * (dz - ka - xhat * kb) over a tile's channels (dx starts at the tile). */
+static void bn_tile_dx(float *dx, const BnTile *t, const float *g, const float *ka,
+                       const float *kb, size_t rows)
+{
 #pragma omp parallel for schedule(static)
     for (size_t r = 0; r < rows; r++) {
-        const float *x = in + r * c;
-        float *y = out + r * c;
-        if (act == ACT_SILU) {
-#pragma omp simd
-            for (int ch = 0; ch < c; ch++) y[ch] = cpu__silu(x[ch] * scale[ch] + shift[ch]);
-        } else if (act == ACT_SIGMOID) {
-#pragma omp simd
-            for (int ch = 0; ch < c; ch++) y[ch] = cpu__sigmoid(x[ch] * scale[ch] + shift[ch]);
-        } else {
-#pragma omp simd
-            for (int ch = 0; ch < c; ch++) y[ch] = x[ch] * scale[ch] + shift[ch];
+        float dz[BN_TILE];
+        const float *x = t->x + r * t->c;
+        float *d = dx + r * t->c;
+        bn_row_dz(dz, x, t->dy + r * t->c, t);
+        for (int j = 0; j < t->ct; j++) {
+            float xhat = (x[j] - t->mean[j]) * t->invstd[j];
+            d[j] += g[j] * (dz[j] - ka[j] - xhat * kb[j]);
         }
+    }
+}
+
+void cpu__bn_train_backward(OpsCtx *ctx, float *dx, float *dgamma, float *dbeta, const float *dy,
+                            const float *in, const float *gamma, const float *beta,
+                            const float *save_mean, const float *save_invstd, Act act,
+                            size_t rows, int c)
+{
+    /* Through the batch statistics: with dz the gradient at the pre-activation,
+     * dx = gamma * invstd * (dz - mean(dz) - xhat * mean(dz * xhat)). */
+    for (int c0 = 0; c0 < c; c0 += BN_TILE) {
+        BnTile t = bn_tile(in, dy, c0, c, act);
+        for (int j = 0; j < t.ct; j++) {
+            t.mean[j] = save_mean[c0 + j];
+            t.invstd[j] = save_invstd[c0 + j];
+        }
+        bn_tile_fold(&t, gamma + c0, beta + c0);
+        double sum_dz[BN_TILE], sum_dzx[BN_TILE];
+        bn_tile_param_grads(sum_dz, sum_dzx, dgamma ? dgamma + c0 : NULL,
+                            dbeta ? dbeta + c0 : NULL, &t, rows);
+        if (!dx) continue;
+        float g[BN_TILE], ka[BN_TILE], kb[BN_TILE];
+        for (int j = 0; j < t.ct; j++) {
+            g[j] = gamma[c0 + j] * t.invstd[j];
+            ka[j] = (float)(sum_dz[j] / (double)rows);
+            kb[j] = (float)(sum_dzx[j] / (double)rows);
+        }
+        bn_tile_dx(dx + c0, &t, g, ka, kb, rows);
+    }
+}
+
+void cpu__bn_infer_backward(OpsCtx *ctx, float *dx, float *dgamma, float *dbeta, const float *dy,
+                            const float *in, const float *gamma, const float *beta,
+                            const float *mean, const float *var, float eps, Act act, size_t rows,
+                            int c)
+{
+    /* Frozen statistics are constants: dx = dz * scale, and the parameter sums are those of the
+     * train-mode backward. */
+    for (int c0 = 0; c0 < c; c0 += BN_TILE) {
+        BnTile t = bn_tile(in, dy, c0, c, act);
+        for (int j = 0; j < t.ct; j++) {
+            t.mean[j] = mean[c0 + j];
+            t.invstd[j] = 1.0f / sqrtf(var[c0 + j] + eps); /* as bn_infer_forward */
+        }
+        bn_tile_fold(&t, gamma + c0, beta + c0);
+        if (dgamma || dbeta) {
+            double sum_dz[BN_TILE], sum_dzx[BN_TILE];
+            bn_tile_param_grads(sum_dz, sum_dzx, dgamma ? dgamma + c0 : NULL,
+                                dbeta ? dbeta + c0 : NULL, &t, rows);
+        }
+        if (!dx) continue;
+        float zero[BN_TILE] = {0};
+        bn_tile_dx(dx + c0, &t, t.scale, zero, zero, rows);
     }
 }
 
@@ -46,5 +246,17 @@ void cpu__act_forward(OpsCtx *ctx, float *out, const float *in, Act act, size_t 
     } else {
 #pragma omp parallel for schedule(static)
         for (size_t i = 0; i < count; i++) out[i] = in[i];
+    }
+}
+
+void cpu__act_backward(OpsCtx *ctx, float *dx, const float *dy, const float *x, Act act,
+                       size_t count)
+{
+    if (act == ACT_NONE) {
+#pragma omp parallel for schedule(static)
+        for (size_t i = 0; i < count; i++) dx[i] += dy[i];
+    } else {
+#pragma omp parallel for simd schedule(static)
+        for (size_t i = 0; i < count; i++) dx[i] += dy[i] * cpu__act_grad(x[i], act);
     }
 }

@@ -2,11 +2,19 @@
  * "download" are copies, so the model code is the same for every backend. */
 #include <stdlib.h>
 #include <string.h>
+#include <xmmintrin.h>
 
 #include "kernels/cpu/cpu_internal.h"
 
 static OpsCtx *cpu_ctx_create(int device, Err *err)
 {
+    /* Denormal floats cost a microcode assist (~100 cycles) per operation on x86, and real images
+     * through random or trained weights produce them in the deep layers (measured: 3x slower
+     * forward). Flush them to zero, as GPUs do by default: set FTZ and DAZ in every thread of the
+     * OpenMP pool, which OpenBLAS shares. Results differ only below 1.2e-38. */
+    _mm_setcsr(_mm_getcsr() | 0x8040);
+#pragma omp parallel
+    _mm_setcsr(_mm_getcsr() | 0x8040);
     OpsCtx *ctx = calloc(1, sizeof *ctx);
     if (!ctx) err_set(err, "cpu backend: out of memory");
     return ctx;
@@ -35,6 +43,11 @@ static void cpu_mem_copy(OpsCtx *ctx, void *dst, const void *src, size_t bytes)
     if (bytes) memmove(dst, src, bytes);
 }
 
+static void cpu_mem_zero(OpsCtx *ctx, void *p, size_t bytes)
+{
+    if (bytes) memset(p, 0, bytes);
+}
+
 static void cpu_sync(OpsCtx *ctx) {}
 
 static int cpu_workspace_reserve(OpsCtx *ctx, size_t bytes, Err *err)
@@ -57,6 +70,7 @@ static const Ops cpu_ops = {
     .mem_free = cpu_mem_free,
     .mem_upload = cpu_mem_copy,
     .mem_download = cpu_mem_copy,
+    .mem_zero = cpu_mem_zero,
     .sync = cpu_sync,
     .conv2d_workspace_bytes = cpu__conv2d_workspace_bytes,
     .workspace_reserve = cpu_workspace_reserve,
@@ -69,6 +83,21 @@ static const Ops cpu_ops = {
     .maxpool_forward = cpu__maxpool_forward,
     .upsample_nearest_forward = cpu__upsample_nearest_forward,
     .fuse_forward = cpu__fuse_forward,
+    .bn_train_forward = cpu__bn_train_forward,
+    .bn_train_backward = cpu__bn_train_backward,
+    .bn_infer_backward = cpu__bn_infer_backward,
+    .act_backward = cpu__act_backward,
+    .conv2d_backward = cpu__conv2d_backward,
+    .dwconv2d_backward = cpu__dwconv2d_backward,
+    .se_backward = cpu__se_backward,
+    .accumulate = cpu__accumulate,
+    .maxpool_backward = cpu__maxpool_backward,
+    .upsample_nearest_backward = cpu__upsample_nearest_backward,
+    .fuse_backward = cpu__fuse_backward,
+    .detection_loss = cpu__detection_loss,
+    .sum_squares = cpu__sum_squares,
+    .sgd_update = cpu__sgd_update,
+    .ema_update = cpu__ema_update,
 };
 
 const Ops *ops_cpu(void) { return &cpu_ops; }

@@ -120,6 +120,13 @@ static void cuda_mem_download(OpsCtx *ctx, void *host_dst, const void *src, size
     CUDA_CHECK(cudaStreamSynchronize(ctx->stream));
 }
 
+static void cuda_mem_zero(OpsCtx *ctx, void *p, size_t bytes)
+{
+    if (!bytes) return;
+    CUDA_CHECK(cudaMemsetAsync(p, 0, bytes, ctx->stream));
+    CUDA_OP_END(ctx);
+}
+
 static void cuda_sync(OpsCtx *ctx) { CUDA_CHECK(cudaStreamSynchronize(ctx->stream)); }
 
 /* Grows the workspace (never shrinks it). The convolution plans notice the new size by themselves
@@ -144,6 +151,7 @@ static const Ops cuda_ops = {
     .mem_free = cuda_mem_free,
     .mem_upload = cuda_mem_upload,
     .mem_download = cuda_mem_download,
+    .mem_zero = cuda_mem_zero,
     .sync = cuda_sync,
     .conv2d_workspace_bytes = cuda__conv2d_workspace_bytes,
     .workspace_reserve = cuda_workspace_reserve,

@@ -83,6 +83,9 @@ static Act4 fnode_forward(Fwd *f, const Model *m, const FnodeP *nd, const Act4 *
     }
     Act4 fused = fwd_take(f, in[0].n, oh, ow, m->cfg.fpn_channels);
     for (int i = 0; i < nd->cfg.n_inputs; i++) fwd_use(f, in[i]);
+    TapeOp op = {.kind = TAPE_FUSE, .out = fused, .n_in = nd->cfg.n_inputs, .edge = nd->edge};
+    for (int i = 0; i < nd->cfg.n_inputs; i++) op.in[i] = in[i];
+    fwd_record(f, &op);
     if (!f->dry)
         f->ops->fuse_forward(f->ctx, fused.p, ptrs, nd->edge == NO_PARAM ? NULL : f->params + nd->edge,
                              nd->cfg.n_inputs, act_count(fused));

@@ -3,6 +3,8 @@
 #include "worker/model/layers.h"
 
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
 
 #include "shared/check.h"
 
@@ -24,6 +26,17 @@ Act4 fwd_take(Fwd *f, int n, int h, int w, int c)
     }
     f->step++;
     return a;
+}
+
+void fwd_record(Fwd *f, const TapeOp *op)
+{
+    if (!f->dry || !f->train) return;
+    if (f->n_tape == f->tape_cap) {
+        f->tape_cap = f->tape_cap ? 2 * f->tape_cap : 1024;
+        f->tape = realloc(f->tape, (size_t)f->tape_cap * sizeof *f->tape);
+        ASSERT(f->tape);
+    }
+    f->tape[f->n_tape++] = *op;
 }
 
 void fwd_use(Fwd *f, Act4 x)
@@ -54,7 +67,8 @@ ConvP layer_dwconv(Model *m, const char *prefix, int ch, int k, int stride)
 BnP layer_bn(Model *m, const char *prefix, int ch)
 {
     int64_t s[1] = {ch};
-    BnP bn = {.c = ch};
+    /* timm's backbone keeps PyTorch's momentum 0.1; effdet builds BiFPN and heads with 0.01. */
+    BnP bn = {.c = ch, .momentum = strncmp(prefix, "backbone.", 9) ? 0.01f : 0.1f};
     bn.gamma = param_table_add(&m->table, PARAM_BN_WEIGHT, LAYOUT_SAME, 1, s, "%s.weight", prefix);
     bn.beta = param_table_add(&m->table, PARAM_BN_BIAS, LAYOUT_SAME, 1, s, "%s.bias", prefix);
     bn.mean = param_table_add(&m->table, PARAM_BN_MEAN, LAYOUT_SAME, 1, s, "%s.running_mean", prefix);
@@ -85,13 +99,13 @@ Act4 fwd_conv(Fwd *f, const ConvP *c, Act4 x)
     conv_shape_same(&s, x.n, x.h, x.w, x.c, c->cout, c->k, c->stride);
     Act4 y = fwd_take(f, x.n, s.oh, s.ow, c->cout);
     fwd_use(f, x);
-    if (f->dry) {
-        if (!c->depthwise) {
-            size_t ws = f->ops->conv2d_workspace_bytes(&s);
-            if (ws > f->workspace) f->workspace = ws;
-        }
-        return y;
+    if (f->dry && !c->depthwise) {
+        size_t ws = f->ops->conv2d_workspace_bytes(&s);
+        if (ws > f->workspace) f->workspace = ws;
     }
+    fwd_record(f, &(TapeOp){.kind = c->depthwise ? TAPE_DWCONV : TAPE_CONV, .out = y, .in = {x},
+                            .n_in = 1, .layer = c});
+    if (f->dry) return y;
     const float *w = f->params + c->w, *b = c->b == NO_PARAM ? NULL : f->params + c->b;
     if (c->depthwise)
         f->ops->dwconv2d_forward(f->ctx, y.p, x.p, w, &s);
@@ -104,11 +118,23 @@ Act4 fwd_bn(Fwd *f, const BnP *bn, Act act, Act4 x)
 {
     ASSERT(x.c == bn->c);
     Act4 y = fwd_take(f, x.n, x.h, x.w, x.c);
+    size_t rows = (size_t)x.n * x.h * x.w;
+    if (f->train) {
+        Act4 mean = fwd_take(f, 1, 1, 1, x.c), invstd = fwd_take(f, 1, 1, 1, x.c);
+        fwd_use(f, x), fwd_use(f, y), fwd_use(f, mean), fwd_use(f, invstd);
+        fwd_record(f, &(TapeOp){.kind = TAPE_BN, .out = y, .in = {x}, .n_in = 1,
+                                .saved = {mean, invstd}, .layer = bn, .act = act});
+        if (!f->dry)
+            f->ops->bn_train_forward(f->ctx, y.p, mean.p, invstd.p, f->buffers + bn->mean,
+                                     f->buffers + bn->var, x.p, f->params + bn->gamma,
+                                     f->params + bn->beta, f->eps, bn->momentum, act, rows, x.c);
+        return y;
+    }
     fwd_use(f, x);
     if (!f->dry)
         f->ops->bn_infer_forward(f->ctx, y.p, x.p, f->params + bn->gamma, f->params + bn->beta,
                                  f->buffers + bn->mean, f->buffers + bn->var, f->eps, act,
-                                 (size_t)x.n * x.h * x.w, x.c);
+                                 rows, x.c);
     return y;
 }
 
@@ -116,6 +142,7 @@ Act4 fwd_act(Fwd *f, Act act, Act4 x)
 {
     Act4 y = fwd_take(f, x.n, x.h, x.w, x.c);
     fwd_use(f, x);
+    fwd_record(f, &(TapeOp){.kind = TAPE_ACT, .out = y, .in = {x}, .n_in = 1, .act = act});
     if (!f->dry) f->ops->act_forward(f->ctx, y.p, x.p, act, act_count(x));
     return y;
 }
@@ -134,6 +161,7 @@ Act4 fwd_maxpool_same(Fwd *f, Act4 x, int oh, int ow)
     ASSERT(s.oh == oh && s.ow == ow);
     Act4 y = fwd_take(f, x.n, oh, ow, x.c);
     fwd_use(f, x);
+    fwd_record(f, &(TapeOp){.kind = TAPE_POOL, .out = y, .in = {x}, .n_in = 1});
     if (!f->dry) f->ops->maxpool_forward(f->ctx, y.p, x.p, &s);
     return y;
 }
@@ -142,6 +170,7 @@ Act4 fwd_upsample(Fwd *f, Act4 x, int oh, int ow)
 {
     Act4 y = fwd_take(f, x.n, oh, ow, x.c);
     fwd_use(f, x);
+    fwd_record(f, &(TapeOp){.kind = TAPE_UPSAMPLE, .out = y, .in = {x}, .n_in = 1});
     if (!f->dry) f->ops->upsample_nearest_forward(f->ctx, y.p, x.p, x.n, x.h, x.w, x.c, oh, ow);
     return y;
 }
@@ -152,6 +181,7 @@ Act4 fwd_add(Fwd *f, Act4 a, Act4 b)
     Act4 y = fwd_take(f, a.n, a.h, a.w, a.c);
     fwd_use(f, a);
     fwd_use(f, b);
+    fwd_record(f, &(TapeOp){.kind = TAPE_ADD, .out = y, .in = {a, b}, .n_in = 2});
     if (!f->dry) f->ops->add_forward(f->ctx, y.p, a.p, b.p, act_count(a));
     return y;
 }

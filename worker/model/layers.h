@@ -14,9 +14,13 @@
 typedef struct Fwd {
     const Ops *ops;
     OpsCtx *ctx;
-    const float *params, *buffers;
+    const float *params;
+    float *buffers;     /* BN running statistics: written in train mode */
     float eps;
     int dry;            /* planning pass: count bytes, run nothing */
+    int train;          /* batch norm with batch statistics, and record the tape */
+    TapeOp *tape;       /* dry run in train mode: the ops in forward order */
+    int n_tape, tape_cap;
     char *arena;
     const size_t *offset; /* real pass: arena offset of each activation, by sequence number */
     int step;             /* activations taken so far */
@@ -26,6 +30,9 @@ typedef struct Fwd {
     int *first, *last;
     int cap;
 } Fwd;
+
+/* Records op (dry run in train mode only). */
+void fwd_record(Fwd *f, const TapeOp *op);
 
 /* A new (n, h, w, c) activation (p == NULL in a dry run). */
 Act4 fwd_take(Fwd *f, int n, int h, int w, int c);

@@ -41,9 +41,13 @@ void model_free(Model *m)
         m->ops->mem_free(m->ctx, m->params);
         m->ops->mem_free(m->ctx, m->buffers);
         m->ops->mem_free(m->ctx, m->arena);
+        m->ops->mem_free(m->ctx, m->grad_arena);
+        m->ops->mem_free(m->ctx, m->grads);
         m->ops->ctx_destroy(m->ctx);
     }
     free(m->cells);
+    free(m->tape);
+    m->tape = NULL, m->grad_arena = NULL, m->grads = NULL;
     param_table_free(&m->table);
     free(m->act_offset);
     m->ctx = NULL, m->params = NULL, m->buffers = NULL, m->arena = NULL, m->cells = NULL;
@@ -68,6 +72,11 @@ static int host_blocks(const Model *m, float **params, float **buffers, Err *err
         return err_set(err, "%s: out of host memory for the weights", m->cfg.name);
     }
     return 0;
+}
+
+void model_set_weights(Model *m, const float *params, const float *buffers)
+{
+    upload_blocks(m, params, buffers);
 }
 
 int model_load_weights(Model *m, const char *path, Err *err)
@@ -105,7 +114,8 @@ static void network_forward(Fwd *f, Model *m)
 static Fwd fwd_begin(Model *m, int dry)
 {
     Fwd f = {.ops = m->ops, .ctx = m->ctx, .params = m->params, .buffers = m->buffers,
-             .eps = m->cfg.bn_eps, .dry = dry, .arena = m->arena, .offset = m->act_offset};
+             .eps = m->cfg.bn_eps, .dry = dry, .train = m->train, .arena = m->arena,
+             .offset = m->act_offset};
     return f;
 }
 
@@ -175,19 +185,33 @@ int model_plan(Model *m, int batch, int h, int w, PlanMode mode, Err *err)
                            m->cfg.name, h, w, m->cfg.min_level + i, m->feat_h[i], m->feat_w[i],
                            m->cfg.min_level + i - 1, m->feat_h[i - 1], m->feat_w[i - 1]);
     }
+    if (mode == PLAN_TRAIN && (!m->ops->bn_train_forward || !m->ops->detection_loss))
+        return err_set(err, "%s: the %s backend cannot train yet", m->cfg.name, m->ops->name);
+    m->train = mode == PLAN_TRAIN;
     Fwd dry = fwd_begin(m, 1);
     network_forward(&dry, m);
     free(m->act_offset);
+    free(m->tape);
     m->act_offset = malloc((size_t)dry.step * sizeof *m->act_offset);
     ASSERT(m->act_offset);
     m->n_acts = dry.step;
+    m->tape = dry.tape, m->n_tape = dry.n_tape;
     m->reuse = mode == PLAN_INFER;
     size_t bytes = m->reuse ? place_shared(&dry, m->act_offset) : place_all(&dry, m->act_offset);
     free(dry.bytes), free(dry.first), free(dry.last);
     m->ops->mem_free(m->ctx, m->arena);
+    m->ops->mem_free(m->ctx, m->grad_arena);
+    m->ops->mem_free(m->ctx, m->grads);
+    m->grad_arena = NULL, m->grads = NULL;
     m->arena = m->ops->mem_alloc(m->ctx, bytes, err);
     if (!m->arena) return err_wrap(err, "%s: activation arena of %zu MB: ", m->cfg.name, bytes >> 20);
     m->arena_bytes = bytes;
+    if (m->train) {
+        m->grad_arena = m->ops->mem_alloc(m->ctx, bytes, err);
+        m->grads = m->ops->mem_alloc(m->ctx, m->table.n_params * sizeof(float), err);
+        if (!m->grad_arena || !m->grads)
+            return err_wrap(err, "%s: gradients for batch %d at %dx%d: ", m->cfg.name, batch, h, w);
+    }
     if (m->ops->workspace_reserve(m->ctx, dry.workspace, err) != 0) return -1;
     log_debug("%s: planned batch %d, %dx%d: %d activations in an arena of %.1f MB, conv workspace "
               "%.1f MB", m->cfg.name, batch, h, w, m->n_acts, bytes / 1048576.0,

@@ -29,6 +29,7 @@ typedef struct BnP {
     size_t gamma, beta; /* params block */
     size_t mean, var;   /* buffers block */
     int c;
+    float momentum;     /* running-stat update: 0.1 in the timm backbone, 0.01 in BiFPN and heads */
 } BnP;
 
 typedef struct SeP {
@@ -80,6 +81,25 @@ typedef struct Act4 {
 
 static inline size_t act_count(Act4 a) { return (size_t)a.n * a.h * a.w * a.c; }
 
+/* One op of the forward pass as the backward pass needs it: what it read, what it wrote, what it
+ * saved, and which layer's parameters it used. Recorded once, at plan time, in forward order;
+ * model_backward walks the list in reverse. */
+typedef enum {
+    TAPE_CONV, TAPE_DWCONV, TAPE_BN, TAPE_ACT, TAPE_SE, TAPE_ADD, TAPE_POOL, TAPE_UPSAMPLE, TAPE_FUSE
+} TapeKind;
+
+typedef struct TapeOp {
+    TapeKind kind;
+    Act4 out;
+    Act4 in[4];
+    int n_in;
+    Act4 saved[3];       /* BN: mean, invstd; SE: pooled, hidden, gate */
+    const void *layer;   /* ConvP, BnP or SeP inside the Model */
+    size_t edge;         /* fusion edge weights, or NO_PARAM */
+    Act act;
+} TapeOp;
+
+/* A Model must stay where model_create put it: its tape points at layers inside it. */
 typedef struct Model {
     ModelConfig cfg;
     ParamTable table;
@@ -101,6 +121,11 @@ typedef struct Model {
     char *arena;
     size_t arena_bytes;
     int reuse;                    /* inference plan: activations share memory when their lives don't overlap */
+    int train;                    /* training plan: batch-statistics BN, tape, gradient arena */
+    TapeOp *tape;
+    int n_tape;
+    char *grad_arena;             /* training: d loss / d activation, same offsets as the arena */
+    float *grads;                 /* training: d loss / d params, table.n_params floats */
     int n_acts;
     size_t *act_offset;           /* (n_acts) byte offset of each activation in the arena */
     Act4 input;                   /* (B, H, W, 3), filled by the caller */
@@ -116,13 +141,25 @@ void model_describe(Model *m, const ModelConfig *cfg);
 void model_free(Model *m); /* idempotent */
 int model_load_weights(Model *m, const char *path, Err *err);
 int model_init_random(Model *m, unsigned long long seed, Err *err);
+/* Uploads host blocks in our layouts (e.g. a trainer's EMA weights for evaluation). */
+void model_set_weights(Model *m, const float *params, const float *buffers);
 /* Sizes the arena for (batch, h, w); input sizes must give at least one pixel at max_level.
  * PLAN_INFER lets activations share memory once they are dead (only the input and the head
  * outputs stay valid after a forward); PLAN_KEEP_ALL keeps every activation, as training needs. */
-typedef enum { PLAN_INFER = 0, PLAN_KEEP_ALL = 1 } PlanMode;
+typedef enum { PLAN_INFER = 0, PLAN_KEEP_ALL = 1, PLAN_TRAIN = 2 } PlanMode;
 int model_plan(Model *m, int batch, int h, int w, PlanMode mode, Err *err);
-/* Runs the network on m->input; fills class_out/box_out. */
+/* Runs the network on m->input; fills class_out/box_out. In a PLAN_TRAIN plan, batch norm uses
+ * batch statistics and updates the running statistics. */
 void model_forward(Model *m);
+/* PLAN_TRAIN only: propagates the head-output gradients (written by the caller into
+ * model_grad(m, m->class_out[l]) and model_grad(m, m->box_out[l])) back through the tape,
+ * accumulating into m->grads. */
+void model_backward(Model *m);
+/* Zeroes the activation-gradient arena and the parameter gradients (before writing the loss
+ * gradients of the head outputs and calling model_backward). */
+void model_zero_grads(Model *m);
+/* The gradient buffer of an activation (PLAN_TRAIN). */
+float *model_grad(const Model *m, Act4 a);
 
 /* Counts for `effdet info`. */
 size_t model_count_params(const Model *m);

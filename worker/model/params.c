@@ -75,11 +75,16 @@ void param_convert(const ParamSpec *s, float *dst, const float *src, int to_ours
                 }
 }
 
-static int is_ignored_extra(const char *name)
+/* Tensors a weights file may hold beyond the model's: effdet's num_batches_tracked counters and,
+ * in our checkpoints (worker/checkpoint.h), the optimizer state and whichever of the raw and
+ * EMA weights is not being loaded. */
+static int is_ignored_extra(const char *name, const char *prefix)
 {
     const char *suffix = ".num_batches_tracked";
     size_t n = strlen(name), m = strlen(suffix);
-    return n > m && !strcmp(name + n - m, suffix);
+    if (n > m && !strcmp(name + n - m, suffix)) return 1;
+    if (!strncmp(name, "optim.", 6)) return 1;
+    return *prefix ? strncmp(name, prefix, strlen(prefix)) != 0 : 0;
 }
 
 /* One line for a mismatch between file and model, naming the first offender. */
@@ -103,12 +108,20 @@ int param_table_load(const ParamTable *t, const char *path, const char *model_na
     const char *file_model = st_meta(&st, "model");
     int rc = -1, missing = 0, extra = 0;
     const char *first_missing = NULL, *first_extra = NULL;
-    for (int i = 0; i < t->count; i++)
-        if (!st_find(&st, t->specs[i].name) && !missing++) first_missing = t->specs[i].name;
-    for (int i = 0; i < st.count; i++)
-        if (!param_table_find(t, st.tensors[i].name) && !is_ignored_extra(st.tensors[i].name) &&
-            !extra++)
-            first_extra = st.tensors[i].name;
+    /* A checkpoint with EMA weights is loaded through them, as effdet evaluates the EMA model. */
+    char name[160];
+    snprintf(name, sizeof name, "ema.%s", t->count ? t->specs[0].name : "");
+    const char *prefix = st_find(&st, name) ? "ema." : "";
+    size_t plen = strlen(prefix);
+    for (int i = 0; i < t->count; i++) {
+        snprintf(name, sizeof name, "%s%s", prefix, t->specs[i].name);
+        if (!st_find(&st, name) && !missing++) first_missing = t->specs[i].name;
+    }
+    for (int i = 0; i < st.count; i++) {
+        const char *n = st.tensors[i].name;
+        if (is_ignored_extra(n, prefix)) continue;
+        if (!param_table_find(t, n + plen) && !extra++) first_extra = n;
+    }
     if (missing) {
         mismatch(err, path, model_name, file_model, "is missing", first_missing, missing - 1);
         goto done;
@@ -127,7 +140,8 @@ int param_table_load(const ParamTable *t, const char *path, const char *model_na
     }
     for (int i = 0; i < t->count; i++) {
         const ParamSpec *s = &t->specs[i];
-        if (st_read_f32(&st, s->name, s->ndim, s->shape, tmp, err) != 0) {
+        snprintf(name, sizeof name, "%s%s", prefix, s->name);
+        if (st_read_f32(&st, name, s->ndim, s->shape, tmp, err) != 0) {
             if (file_model && strcmp(file_model, model_name))
                 err_wrap(err, "(file holds %s, model is %s) ", file_model, model_name);
             free(tmp);

@@ -1,0 +1,288 @@
+/* cmd_train.c: `effdet train`: single-process training on the CPU (or a GPU backend that can
+ * train) from a COCO-format dataset, with effdet/NVIDIA train.py flag names:
+ *
+ *   effdet train --data DIR | --ann FILE --images DIR  --model NAME [--num-classes N]
+ *     [--image-size HxW] [--batch-size B] [--epochs E] [--lr LR] [--warmup-epochs W]
+ *     [--model-ema | --no-model-ema] [--model-ema-decay D] [--seed S] [--output DIR]
+ *     [--resume [FILE]] [--initial-checkpoint FILE] [--keep K] [--eval-interval E]
+ *     [--skip-bad-images] [--log-interval N] [--checkpoint-interval E] [--device D]
+ *
+ * --lr is the rate for 64 images and scales with the batch (automl: 0.08 per 64). A checkpoint
+ * (full state) is written every --checkpoint-interval epochs (default 1) and at the end, as
+ * OUTPUT/checkpoint-<step>.safetensors; the
+ * newest --keep are kept, and the best evaluation as OUTPUT/model_best.safetensors. SIGINT or
+ * SIGTERM: the step in flight finishes, a checkpoint is written, the process exits 130; --resume
+ * continues exactly (same weights, EMA, momentum and data order as a run never stopped).
+ * The multi-process pipeline (loaders, augmenters, workers, evaluator) replaces this loop. */
+#include <errno.h>
+#include <getopt.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+
+#include "launch/cli.h"
+#include "launch/commands.h"
+#include "launch/train_eval.h"
+#include "loader/train_sample.h"
+#include "shared/log.h"
+#include "worker/trainer.h"
+
+static const char *USAGE =
+    "effdet train --data DIR | --ann FILE --images DIR --model NAME [--num-classes N] "
+    "[--image-size HxW] [--batch-size B] [--epochs E] [--lr LR] [--warmup-epochs W] "
+    "[--no-model-ema] [--model-ema-decay D] [--seed S] [--output DIR] [--resume [FILE]] "
+    "[--initial-checkpoint FILE] [--keep K] [--eval-interval E] [--skip-bad-images] "
+    "[--log-interval N] [--checkpoint-interval E] [--device D]";
+
+/* The one piece of global state STYLE allows: set by the signal handler, read between steps. */
+static volatile sig_atomic_t stop_requested;
+static void on_signal(int sig) { stop_requested = sig; }
+
+typedef struct TrainArgs {
+    const char *data, *ann, *images, *model, *output, *resume, *initial, *device;
+    long num_classes, batch, epochs, seed, keep, eval_interval, log_interval, ckpt_interval;
+    double lr, warmup_epochs, ema_decay;
+    int h, w, ema, resume_latest, skip_bad;
+    char ann_buf[1024];
+} TrainArgs;
+
+static int parse(int argc, char **argv, TrainArgs *a, Err *err)
+{
+    enum { O_NOEMA = 256, O_EMA, O_SKIP };
+    static const struct option opts[] = {
+        {"data", required_argument, 0, 'D'}, {"ann", required_argument, 0, 'A'},
+        {"images", required_argument, 0, 'I'}, {"model", required_argument, 0, 'm'},
+        {"num-classes", required_argument, 0, 'n'}, {"image-size", required_argument, 0, 's'},
+        {"batch-size", required_argument, 0, 'b'}, {"epochs", required_argument, 0, 'e'},
+        {"lr", required_argument, 0, 'l'}, {"warmup-epochs", required_argument, 0, 'W'},
+        {"model-ema", no_argument, 0, O_EMA}, {"no-model-ema", no_argument, 0, O_NOEMA},
+        {"model-ema-decay", required_argument, 0, 'E'}, {"seed", required_argument, 0, 'S'},
+        {"output", required_argument, 0, 'o'}, {"resume", optional_argument, 0, 'r'},
+        {"initial-checkpoint", required_argument, 0, 'i'}, {"keep", required_argument, 0, 'k'},
+        {"eval-interval", required_argument, 0, 'v'}, {"skip-bad-images", no_argument, 0, O_SKIP},
+        {"log-interval", required_argument, 0, 'L'}, {"device", required_argument, 0, 'd'},
+        {"checkpoint-interval", required_argument, 0, 'c'},
+        {0, 0, 0, 0}};
+    *a = (TrainArgs){.model = "tf_efficientdet_d0", .output = "effdet-train", .device = "cpu",
+                     .batch = 8, .epochs = 10, .seed = 42, .keep = 3, .eval_interval = 0,
+                     .log_interval = 10, .ckpt_interval = 1, .lr = 0.08, .warmup_epochs = 1.0, .ema_decay = 0.9998,
+                     .ema = 1};
+    int opt;
+    optind = 1;
+    while ((opt = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+        switch (opt) {
+        case 'D': a->data = optarg; break;
+        case 'A': a->ann = optarg; break;
+        case 'I': a->images = optarg; break;
+        case 'm': a->model = optarg; break;
+        case 'n': if (cli_parse_int("--num-classes", optarg, 1, 100000, &a->num_classes, err)) return -1; break;
+        case 's': if (cli_parse_hw("--image-size", optarg, &a->h, &a->w, err)) return -1; break;
+        case 'b': if (cli_parse_int("--batch-size", optarg, 1, 4096, &a->batch, err)) return -1; break;
+        case 'e': if (cli_parse_int("--epochs", optarg, 1, 1000000, &a->epochs, err)) return -1; break;
+        case 'l': if (cli_parse_float("--lr", optarg, 0, 100, &a->lr, err)) return -1; break;
+        case 'W': if (cli_parse_float("--warmup-epochs", optarg, 0, 1e6, &a->warmup_epochs, err)) return -1; break;
+        case O_EMA: a->ema = 1; break;
+        case O_NOEMA: a->ema = 0; break;
+        case 'E': if (cli_parse_float("--model-ema-decay", optarg, 0, 1, &a->ema_decay, err)) return -1; break;
+        case 'S': if (cli_parse_int("--seed", optarg, 0, 1L << 62, &a->seed, err)) return -1; break;
+        case 'o': a->output = optarg; break;
+        case 'r': a->resume = optarg, a->resume_latest = !optarg; break;
+        case 'i': a->initial = optarg; break;
+        case 'k': if (cli_parse_int("--keep", optarg, 1, 1000, &a->keep, err)) return -1; break;
+        case 'v': if (cli_parse_int("--eval-interval", optarg, 0, 1000000, &a->eval_interval, err)) return -1; break;
+        case O_SKIP: a->skip_bad = 1; break;
+        case 'L': if (cli_parse_int("--log-interval", optarg, 1, 1000000, &a->log_interval, err)) return -1; break;
+        case 'd': a->device = optarg; break;
+        case 'c': if (cli_parse_int("--checkpoint-interval", optarg, 1, 1000000, &a->ckpt_interval, err)) return -1; break;
+        default: return err_set(err, "unknown option (usage: %s)", USAGE);
+        }
+    }
+    if (optind != argc) return err_set(err, "unexpected argument '%s' (usage: %s)", argv[optind], USAGE);
+    if (!a->data && !(a->ann && a->images))
+        return err_set(err, "a dataset is required: --data DIR or --ann FILE --images DIR");
+    if (a->data) snprintf(a->ann_buf, sizeof a->ann_buf, "%s/annotations.json", a->data);
+    else snprintf(a->ann_buf, sizeof a->ann_buf, "%s", a->ann);
+    return 0;
+}
+
+typedef struct Run {
+    TrainArgs a;
+    Dataset ds;
+    TrainSampler sampler;
+    Trainer t;
+    float *images;
+    SampleTarget *targets;
+    float *boxes;
+    int32_t *classes;
+    uint8_t *crowd;
+    size_t steps_per_epoch;
+    double best_map;
+} Run;
+
+static void run_free(Run *r)
+{
+    trainer_free(&r->t);
+    train_sampler_free(&r->sampler);
+    dataset_free(&r->ds);
+    free(r->images), free(r->targets), free(r->boxes), free(r->classes), free(r->crowd);
+}
+
+static int run_init(Run *r, Err *err)
+{
+    const TrainArgs *a = &r->a;
+    int rc = a->data ? dataset_open_dir(&r->ds, a->data, (int)a->num_classes, err)
+                     : dataset_open(&r->ds, a->ann, a->images, (int)a->num_classes, err);
+    if (rc != 0) return -1;
+    char report[512];
+    dataset_report(&r->ds, report, sizeof report);
+    log_info("%s", report);
+    ModelConfig cfg;
+    if (model_config_get(a->model, r->ds.num_classes, &cfg, err) != 0) return -1;
+    int h = a->h ? a->h : cfg.image_h, w = a->w ? a->w : cfg.image_w;
+    TrainSampleConfig sc = {.height = h, .width = w, .seed = (uint64_t)a->seed, .hflip = 1,
+                            .skip_corrupt = a->skip_bad};
+    if (train_sampler_init(&r->sampler, &r->ds, &sc, err) != 0) return -1;
+    r->steps_per_epoch = train_batches_per_epoch(r->ds.n_images, (int)a->batch);
+    TrainSettings s;
+    train_settings_default(&s, cfg.name, r->ds.num_classes, (int)a->batch, h, w);
+    s.lr = a->lr * a->batch / 64.0;
+    s.warmup_lr = s.lr / 10;
+    s.warmup_steps = (long)(a->warmup_epochs * r->steps_per_epoch);
+    s.total_steps = a->epochs * (long)r->steps_per_epoch;
+    s.ema = a->ema, s.ema_decay = a->ema_decay, s.seed = (uint64_t)a->seed;
+    if (trainer_init(&r->t, &s, a->device, a->initial, err) != 0) return -1;
+    size_t B = (size_t)a->batch, M = DATASET_MAX_INSTANCES;
+    r->images = malloc(B * h * w * 3 * sizeof(float));
+    r->targets = malloc(B * sizeof *r->targets);
+    r->boxes = malloc(B * M * 4 * sizeof(float));
+    r->classes = malloc(B * M * sizeof(int32_t));
+    r->crowd = malloc(B * M);
+    if (!r->images || !r->targets || !r->boxes || !r->classes || !r->crowd)
+        return err_set(err, "train: out of memory for batch %ld at %dx%d", a->batch, h, w);
+    r->best_map = -1;
+    return 0;
+}
+
+static int save(Run *r, long epoch, Err *err)
+{
+    char path[1200];
+    snprintf(path, sizeof path, "%s/checkpoint-%ld.safetensors", r->a.output, r->t.step);
+    if (trainer_save(&r->t, path, epoch, err) != 0) return -1;
+    log_info("checkpoint %s", path);
+    return checkpoint_prune(r->a.output, (int)r->a.keep, err);
+}
+
+static int evaluate(Run *r, long epoch, Err *err)
+{
+    float *params, *buffers;
+    double stats[12];
+    if (trainer_eval_weights(&r->t, &params, &buffers, err) != 0) return -1;
+    int rc = train_evaluate(&r->t.s, r->a.device, params, buffers, &r->ds, r->a.ann_buf, stats, err);
+    free(params), free(buffers);
+    if (rc != 0) return -1;
+    printf("eval epoch %ld step %ld: mAP %.4f mAP@0.5 %.4f mAP@0.75 %.4f (%s weights)\n", epoch,
+           r->t.step, stats[0], stats[1], stats[2], r->t.s.ema ? "EMA" : "raw");
+    printf("DLLL {\"type\": \"eval\", \"epoch\": %ld, \"step\": %ld, \"map\": %.6f, \"map50\": %.6f, "
+           "\"map75\": %.6f}\n", epoch, r->t.step, stats[0], stats[1], stats[2]);
+    fflush(stdout);
+    if (stats[0] > r->best_map) {
+        char path[1200];
+        r->best_map = stats[0];
+        snprintf(path, sizeof path, "%s/model_best.safetensors", r->a.output);
+        return trainer_save(&r->t, path, epoch, err);
+    }
+    return 0;
+}
+
+/* The batch's targets as the trainer takes them: (B, 100, 4) yxyx, (B, 100) labels, crowd. */
+static void gather_targets(Run *r)
+{
+    size_t M = DATASET_MAX_INSTANCES;
+    for (long b = 0; b < r->a.batch; b++) {
+        memcpy(r->boxes + b * M * 4, r->targets[b].bbox, sizeof r->targets[b].bbox);
+        memcpy(r->classes + b * M, r->targets[b].cls, sizeof r->targets[b].cls);
+        memcpy(r->crowd + b * M, r->targets[b].crowd, sizeof r->targets[b].crowd);
+    }
+}
+
+static int train_loop(Run *r, Err *err)
+{
+    long spe = (long)r->steps_per_epoch, total = r->t.s.total_steps;
+    struct timespec t0;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    long first = r->t.step;
+    while (r->t.step < total && !stop_requested) {
+        long epoch = r->t.step / spe, b = r->t.step % spe;
+        if (train_batch_load(&r->sampler, (uint32_t)epoch, (size_t)b, (int)r->a.batch, r->images,
+                             r->targets, err) != 0)
+            return -1;
+        gather_targets(r);
+        TrainStats st;
+        if (trainer_step(&r->t, r->images, r->boxes, r->classes, r->crowd, DATASET_MAX_INSTANCES,
+                         &st, err) != 0)
+            return err_wrap(err, "epoch %ld batch %ld (first image id %lld): ", epoch, b,
+                            (long long)r->targets[0].image_id);
+        if (r->t.step % r->a.log_interval == 0 || r->t.step == total) {
+            struct timespec t1;
+            clock_gettime(CLOCK_MONOTONIC, &t1);
+            double dt = (t1.tv_sec - t0.tv_sec) + (t1.tv_nsec - t0.tv_nsec) * 1e-9;
+            double ips = (r->t.step - first) * r->a.batch / (dt > 0 ? dt : 1);
+            printf("epoch %ld step %ld/%ld: loss %.4f (class %.4f box %.5f) lr %.5f grad norm %.3f "
+                   "%.2f img/s\n", epoch, r->t.step, total, st.loss, st.class_loss, st.box_loss,
+                   st.lr, st.grad_norm, ips);
+            fflush(stdout);
+        }
+        if (r->t.step % spe == 0) {
+            long done = r->t.step / spe;
+            if ((done % r->a.ckpt_interval == 0 || r->t.step == total) && save(r, done, err) != 0)
+                return -1;
+            if (r->a.eval_interval && done % r->a.eval_interval == 0 && evaluate(r, done, err) != 0)
+                return -1;
+        }
+    }
+    return 0;
+}
+
+int cmd_train(int argc, char **argv)
+{
+    Run r;
+    Err err;
+    memset(&r, 0, sizeof r);
+    if (parse(argc, argv, &r.a, &err) != 0) return cli_fail("train", &err);
+    if (mkdir(r.a.output, 0755) != 0 && errno != EEXIST) {
+        err_set(&err, "--output %s: %s", r.a.output, strerror(errno));
+        return cli_fail("train", &err);
+    }
+    if (run_init(&r, &err) != 0) goto fail;
+    char latest[1200];
+    const char *resume = r.a.resume;
+    if (r.a.resume_latest) {
+        checkpoint_latest(r.a.output, latest, sizeof latest);
+        resume = latest[0] ? latest : NULL;
+        if (!resume) log_info("--resume: no checkpoint in %s, starting from scratch", r.a.output);
+    }
+    if (resume) {
+        long epoch;
+        if (trainer_resume(&r.t, resume, &epoch, &err) != 0) goto fail;
+        log_info("resumed from %s at step %ld", resume, r.t.step);
+    }
+    signal(SIGINT, on_signal);
+    signal(SIGTERM, on_signal);
+    if (train_loop(&r, &err) != 0) goto fail;
+    long spe = (long)r.steps_per_epoch;
+    if (stop_requested) {
+        if (save(&r, r.t.step / spe, &err) != 0) goto fail;
+        log_info("stopped by signal %d at step %ld; --resume continues", (int)stop_requested, r.t.step);
+        run_free(&r);
+        return 130;
+    }
+    if (r.a.eval_interval == 0 && evaluate(&r, r.t.step / spe, &err) != 0) goto fail;
+    run_free(&r);
+    return 0;
+fail:
+    run_free(&r);
+    return cli_fail("train", &err);
+}

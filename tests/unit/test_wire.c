@@ -1,0 +1,495 @@
+/* test_wire.c: shared/wire.c, the msgpack message codec. Round trips of every field kind and of
+ * tensors; then every bound of the decoder (message size, str, bin, map, array, depth, value
+ * count), wrong and missing fields, truncated and mutated buffers, a non-map top level, ext types,
+ * non-str and repeated keys, bad versions and bad tensors: each must be an Err of one line naming
+ * what is wrong, never a crash (run under `make SAN=1 test` for the "never" part). Also the
+ * run-directory helpers of shared/zmq_util.c. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "shared/wire.h"
+#include "shared/zmq_util.h"
+
+/* Raw msgpack, for messages our writer would never produce. */
+typedef struct Raw {
+    msgpack_sbuffer buf;
+    msgpack_packer pk;
+} Raw;
+
+static void raw_init(Raw *r)
+{
+    msgpack_sbuffer_init(&r->buf);
+    msgpack_packer_init(&r->pk, &r->buf, msgpack_sbuffer_write);
+}
+
+static void raw_str(Raw *r, const char *s)
+{
+    assert_int_equal(msgpack_pack_str_with_body(&r->pk, s, strlen(s)), 0);
+}
+
+/* A map header of n + 2 entries and the type/version pair. */
+static void raw_header(Raw *r, size_t n, const char *type, uint64_t version)
+{
+    assert_int_equal(msgpack_pack_map(&r->pk, n + 2), 0);
+    raw_str(r, "type");
+    raw_str(r, type);
+    raw_str(r, "version");
+    assert_int_equal(msgpack_pack_uint64(&r->pk, version), 0);
+}
+
+/* Decoding must fail with a one-line message containing want. */
+static void expect_decode_error(const void *data, size_t len, const WireLimits *lim,
+                                const char *want)
+{
+    WireMsg m;
+    Err err = {{0}};
+    wire_msg_init(&m);
+    if (wire_decode(&m, data, len, lim, &err) == 0) fail_msg("decoded, wanted error '%s'", want);
+    if (!strstr(err.msg, want) || strchr(err.msg, '\n'))
+        fail_msg("error '%s', wanted '%s'", err.msg, want);
+    wire_msg_free(&m);
+}
+
+static void expect_raw_error(Raw *r, const WireLimits *lim, const char *want)
+{
+    expect_decode_error(r->buf.data, r->buf.size, lim, want);
+    msgpack_sbuffer_destroy(&r->buf);
+}
+
+static void decode_ok(WireMsg *m, const void *data, size_t len)
+{
+    WireLimits lim = wire_limits_default();
+    Err err = {{0}};
+    wire_msg_init(m);
+    if (wire_decode(m, data, len, &lim, &err)) fail_msg("%s", err.msg);
+}
+
+/* A getter's error must contain want. */
+#define EXPECT_GET_ERROR(call, want)                                                             \
+    do {                                                                                         \
+        Err err_ = {{0}};                                                                        \
+        Err *err = &err_;                                                                        \
+        if ((call) == 0) fail_msg("%s succeeded, wanted '%s'", #call, want);                    \
+        if (!strstr(err_.msg, want)) fail_msg("error '%s', wanted '%s'", err_.msg, want);       \
+    } while (0)
+
+static void test_round_trip(void **state)
+{
+    const double stats[3] = {0.25, -1, 1e-300};
+    const int64_t ids[4] = {1, -2, INT64_MAX, INT64_MIN};
+    const double grid[2][3] = {{1, 2, 3}, {4.5, NAN, -INFINITY}};
+    const uint8_t blob[5] = {0, 1, 2, 0xff, 0x80};
+    WireTensor t_ids = {.dtype = ST_I64, .ndim = 1, .shape = {4}, .data = ids};
+    WireTensor t_grid = {.dtype = ST_F64, .ndim = 2, .shape = {2, 3}, .data = grid};
+    WireTensor t_empty = {.dtype = ST_F32, .ndim = 2, .shape = {0, 7}, .data = NULL};
+    WireWriter w;
+    wire_writer_init(&w, "detections", 11);
+    wire_put_str(&w, "name", "héllo");
+    wire_put_uint(&w, "epoch", UINT64_MAX);
+    wire_put_int(&w, "neg", -42);
+    wire_put_int(&w, "pos", 7);
+    wire_put_f64(&w, "score", 0.1);
+    wire_put_bin(&w, "blob", blob, sizeof blob);
+    wire_put_bin(&w, "empty", NULL, 0);
+    wire_put_f64_array(&w, "stats", stats, 3);
+    wire_put_tensor(&w, "ids", &t_ids);
+    wire_put_tensor(&w, "grid", &t_grid);
+    wire_put_tensor(&w, "none", &t_empty);
+    size_t len;
+    const void *data = wire_writer_data(&w, &len);
+    WireMsg m;
+    decode_ok(&m, data, len);
+    Err err = {{0}};
+    const char *s;
+    size_t n;
+    uint64_t u;
+    int64_t i;
+    double d, got_stats[3];
+    const void *p;
+    assert_string_equal(m.type, "detections");
+    assert_int_equal(wire_get_str(&m.root, "name", &s, &n, &err), 0);
+    assert_int_equal(n, strlen("héllo"));
+    assert_memory_equal(s, "héllo", n);
+    assert_int_equal(wire_get_uint(&m.root, "epoch", &u, &err), 0);
+    assert_true(u == UINT64_MAX);
+    assert_int_equal(wire_get_int(&m.root, "neg", &i, &err), 0);
+    assert_int_equal(i, -42);
+    assert_int_equal(wire_get_int(&m.root, "pos", &i, &err), 0);
+    assert_int_equal(i, 7);
+    assert_int_equal(wire_get_f64(&m.root, "score", &d, &err), 0);
+    assert_true(d == 0.1);
+    assert_int_equal(wire_get_bin(&m.root, "blob", &p, &n, &err), 0);
+    assert_int_equal(n, sizeof blob);
+    assert_memory_equal(p, blob, n);
+    assert_int_equal(wire_get_bin(&m.root, "empty", &p, &n, &err), 0);
+    assert_int_equal(n, 0);
+    assert_int_equal(wire_get_f64_array(&m.root, "stats", got_stats, 3, &err), 0);
+    assert_memory_equal(got_stats, stats, sizeof stats);
+    WireTensor t;
+    assert_int_equal(wire_get_tensor(&m.root, "ids", &t, &err), 0);
+    assert_int_equal(t.dtype, ST_I64);
+    assert_int_equal(t.ndim, 1);
+    assert_int_equal(t.shape[0], 4);
+    assert_int_equal(t.bytes, sizeof ids);
+    assert_memory_equal(t.data, ids, sizeof ids);
+    assert_int_equal(wire_get_tensor(&m.root, "grid", &t, &err), 0);
+    assert_int_equal(t.dtype, ST_F64);
+    assert_int_equal(t.ndim, 2);
+    assert_int_equal(t.shape[1], 3);
+    assert_memory_equal(t.data, grid, sizeof grid); /* NaN and -inf bit for bit */
+    assert_int_equal(wire_get_tensor(&m.root, "none", &t, &err), 0);
+    assert_int_equal(t.bytes, 0);
+    assert_int_equal(t.shape[1], 7);
+    assert_true(wire_has(&m.root, "grid"));
+    assert_false(wire_has(&m.root, "nope"));
+    /* decoding again into the same WireMsg frees the first tree */
+    Err e2;
+    WireLimits lim = wire_limits_default();
+    assert_int_equal(wire_decode(&m, data, len, &lim, &e2), 0);
+    wire_msg_free(&m);
+    wire_msg_free(&m); /* idempotent */
+    wire_writer_free(&w);
+    wire_writer_free(&w);
+}
+
+static void test_wrong_and_missing_fields(void **state)
+{
+    Raw r;
+    raw_init(&r);
+    raw_header(&r, 6, "metrics", 1);
+    raw_str(&r, "epoch");
+    raw_str(&r, "three");
+    raw_str(&r, "big");
+    assert_int_equal(msgpack_pack_uint64(&r.pk, (uint64_t)INT64_MAX + 1), 0);
+    raw_str(&r, "f32");
+    assert_int_equal(msgpack_pack_float(&r.pk, 0.5f), 0);
+    raw_str(&r, "stats");
+    assert_int_equal(msgpack_pack_array(&r.pk, 2), 0);
+    assert_int_equal(msgpack_pack_double(&r.pk, 1), 0);
+    raw_str(&r, "x");
+    raw_str(&r, "neg");
+    assert_int_equal(msgpack_pack_int64(&r.pk, -5), 0);
+    raw_str(&r, "nil");
+    assert_int_equal(msgpack_pack_nil(&r.pk), 0);
+    WireMsg m;
+    decode_ok(&m, r.buf.data, r.buf.size);
+    uint64_t u;
+    int64_t i;
+    double d, v[2];
+    const void *p;
+    size_t n;
+    const char *s;
+    WireMap sub;
+    EXPECT_GET_ERROR(wire_get_uint(&m.root, "epoch", &u, err),
+                     "message 'metrics': field 'epoch' is a str, expected a uint");
+    EXPECT_GET_ERROR(wire_get_uint(&m.root, "missing", &u, err), "field 'missing' is missing");
+    EXPECT_GET_ERROR(wire_get_uint(&m.root, "neg", &u, err), "is a negative int, expected a uint");
+    EXPECT_GET_ERROR(wire_get_int(&m.root, "big", &i, err), "does not fit in int64");
+    EXPECT_GET_ERROR(wire_get_int(&m.root, "f32", &i, err), "is a float, expected an int");
+    EXPECT_GET_ERROR(wire_get_f64(&m.root, "neg", &d, err), "is a negative int, expected a float");
+    EXPECT_GET_ERROR(wire_get_bin(&m.root, "epoch", &p, &n, err), "is a str, expected a bin");
+    EXPECT_GET_ERROR(wire_get_str(&m.root, "nil", &s, &n, err), "is nil, expected a str");
+    EXPECT_GET_ERROR(wire_get_map(&m.root, "stats", &sub, err), "is an array, expected a map");
+    EXPECT_GET_ERROR(wire_get_f64_array(&m.root, "stats", v, 3, err), "has 2 values, expected 3");
+    EXPECT_GET_ERROR(wire_get_f64_array(&m.root, "stats", v, 2, err),
+                     "value 1 is a str, expected a float");
+    Err err = {{0}};
+    assert_int_equal(wire_get_f64(&m.root, "f32", &d, &err), 0); /* float32 widens exactly */
+    assert_true(d == 0.5);
+    assert_int_equal(wire_get_int(&m.root, "neg", &i, &err), 0);
+    assert_int_equal(i, -5);
+    wire_msg_free(&m);
+    msgpack_sbuffer_destroy(&r.buf);
+}
+
+static void test_bounds(void **state)
+{
+    WireLimits lim = wire_limits_default();
+    Raw r;
+    char big[5000];
+    memset(big, 'a', sizeof big - 1);
+    big[sizeof big - 1] = '\0';
+    /* a str over max_str_bytes, named by its field */
+    raw_init(&r);
+    raw_header(&r, 1, "detections", 1);
+    raw_str(&r, "what");
+    raw_str(&r, big);
+    expect_raw_error(&r, &lim, "message 'detections': field 'what': a str of 4999 bytes is over "
+                               "the limit of 4096");
+    /* a bin over max_bin_bytes */
+    WireLimits small = lim;
+    small.max_bin_bytes = 100;
+    raw_init(&r);
+    raw_header(&r, 1, "detections", 1);
+    raw_str(&r, "dets");
+    assert_int_equal(msgpack_pack_bin_with_body(&r.pk, big, 101), 0);
+    expect_raw_error(&r, &small, "field 'dets': a bin of 101 bytes is over the limit of 100");
+    /* the whole message over max_msg_bytes */
+    small = lim;
+    small.max_msg_bytes = 64;
+    raw_init(&r);
+    raw_header(&r, 1, "detections", 1);
+    raw_str(&r, "dets");
+    assert_int_equal(msgpack_pack_bin_with_body(&r.pk, big, 64), 0);
+    expect_raw_error(&r, &small, "bytes is over the limit of 64");
+    /* too many map entries, too long an array */
+    raw_init(&r);
+    raw_header(&r, 63, "x", 1);
+    for (int k = 0; k < 63; k++) {
+        char key[16];
+        snprintf(key, sizeof key, "k%d", k);
+        raw_str(&r, key);
+        assert_int_equal(msgpack_pack_nil(&r.pk), 0);
+    }
+    expect_raw_error(&r, &lim, "a map of 65 entries is over the limit of 64");
+    raw_init(&r);
+    raw_header(&r, 1, "x", 1);
+    raw_str(&r, "list");
+    assert_int_equal(msgpack_pack_array(&r.pk, 4097), 0);
+    for (int k = 0; k < 4097; k++) assert_int_equal(msgpack_pack_nil(&r.pk), 0);
+    expect_raw_error(&r, &lim, "field 'list': an array of 4097 entries is over the limit of 4096");
+    /* more values than max_objects, each array within its own limit */
+    small = lim;
+    small.max_objects = 100;
+    raw_init(&r);
+    raw_header(&r, 1, "x", 1);
+    raw_str(&r, "list");
+    assert_int_equal(msgpack_pack_array(&r.pk, 200), 0);
+    for (int k = 0; k < 200; k++) assert_int_equal(msgpack_pack_nil(&r.pk), 0);
+    expect_raw_error(&r, &small, "more than 100 values");
+    /* nesting deeper than max_depth */
+    raw_init(&r);
+    raw_header(&r, 1, "x", 1);
+    raw_str(&r, "deep");
+    for (int k = 0; k < 8; k++) assert_int_equal(msgpack_pack_array(&r.pk, 1), 0);
+    assert_int_equal(msgpack_pack_nil(&r.pk), 0);
+    expect_raw_error(&r, &lim, "nested deeper than 8");
+    /* counts that the bytes cannot hold: never an allocation of that size */
+    const uint8_t huge_map[] = {0xdf, 0xff, 0xff, 0xff, 0xff};
+    expect_decode_error(huge_map, sizeof huge_map, &lim, "over the limit of 64");
+    small = lim;
+    small.max_map_entries = UINT32_MAX, small.max_array_len = UINT32_MAX;
+    small.max_objects = UINT32_MAX;
+    expect_decode_error(huge_map, sizeof huge_map, &small,
+                        "truncated: a map of 4294967295 entries");
+    const uint8_t huge_array[] = {0x81, 0xa1, 'a', 0xdd, 0xff, 0xff, 0xff, 0xff};
+    expect_decode_error(huge_array, sizeof huge_array, &small,
+                        "field 'a': truncated: an array of 4294967295 entries, 0 bytes left");
+    const uint8_t huge_str[] = {0x81, 0xa1, 'a', 0xdb, 0x7f, 0xff, 0xff, 0xff, 'x'};
+    small.max_str_bytes = UINT32_MAX;
+    expect_decode_error(huge_str, sizeof huge_str, &small, "truncated: a str of 2147483647 bytes");
+}
+
+static void test_shapes(void **state)
+{
+    WireLimits lim = wire_limits_default();
+    Raw r;
+    const uint8_t top_array[] = {0x91, 0x01};
+    const uint8_t top_int[] = {0x05};
+    const uint8_t top_str[] = {0xa1, 'x'};
+    const uint8_t ext[] = {0x81, 0xa1, 'a', 0xd4, 0x01, 0x00};
+    const uint8_t never_used[] = {0x81, 0xa1, 'a', 0xc1};
+    const uint8_t int_key[] = {0x81, 0x01, 0x02};
+    expect_decode_error(top_array, sizeof top_array, &lim,
+                        "the top level is an array, expected a map");
+    expect_decode_error(top_int, sizeof top_int, &lim, "the top level is a scalar, expected a map");
+    expect_decode_error(top_str, sizeof top_str, &lim, "the top level is a str, expected a map");
+    expect_decode_error(top_str, 0, &lim, "empty");
+    expect_decode_error(ext, sizeof ext, &lim, "byte 0xd4 is an ext type");
+    expect_decode_error(never_used, sizeof never_used, &lim, "byte 0xc1");
+    expect_decode_error(int_key, sizeof int_key, &lim, "a map key is a scalar, expected a str");
+    /* stray bytes after the map */
+    raw_init(&r);
+    raw_header(&r, 0, "x", 1);
+    assert_int_equal(msgpack_pack_nil(&r.pk), 0);
+    expect_raw_error(&r, &lim, "1 stray bytes after the message");
+    /* type and version */
+    raw_init(&r);
+    raw_header(&r, 0, "x", 2);
+    expect_raw_error(&r, &lim, "message 'x': field 'version' is 2, this program speaks 1");
+    raw_init(&r);
+    raw_header(&r, 0, "a-type-name-that-is-far-too-long-for-us", 1);
+    expect_raw_error(&r, &lim, "field 'type' must be 1 to 31 printable ASCII bytes");
+    raw_init(&r);
+    raw_header(&r, 0, "two\nlines", 1);
+    expect_raw_error(&r, &lim, "message: field 'type' must be 1 to 31 printable ASCII bytes");
+    /* outside bytes in an error message are made printable, so it stays one line */
+    raw_init(&r);
+    raw_header(&r, 1, "x", 1);
+    raw_str(&r, "a\nb\x80");
+    assert_int_equal(msgpack_pack_array(&r.pk, 5000), 0);
+    expect_raw_error(&r, &lim, "message 'x': field 'a?b?': an array of 5000 entries");
+    raw_init(&r);
+    assert_int_equal(msgpack_pack_map(&r.pk, 1), 0);
+    raw_str(&r, "version");
+    assert_int_equal(msgpack_pack_uint64(&r.pk, 1), 0);
+    expect_raw_error(&r, &lim, "field 'type' is missing");
+    raw_init(&r);
+    raw_header(&r, 1, "x", 1);
+    raw_str(&r, "type");
+    raw_str(&r, "y");
+    expect_raw_error(&r, &lim, "key 'type' appears twice");
+}
+
+static void test_tensor_errors(void **state)
+{
+    Raw r;
+    raw_init(&r);
+    raw_header(&r, 6, "t", 1);
+    /* 3 elements of F64 need 24 bytes, 16 given */
+    raw_str(&r, "short");
+    assert_int_equal(msgpack_pack_map(&r.pk, 3), 0);
+    raw_str(&r, "dtype"), raw_str(&r, "F64");
+    raw_str(&r, "shape");
+    assert_int_equal(msgpack_pack_array(&r.pk, 1), 0);
+    assert_int_equal(msgpack_pack_uint64(&r.pk, 3), 0);
+    raw_str(&r, "data");
+    assert_int_equal(msgpack_pack_bin_with_body(&r.pk, "0123456789abcdef", 16), 0);
+    /* an unknown dtype */
+    raw_str(&r, "dtype");
+    assert_int_equal(msgpack_pack_map(&r.pk, 3), 0);
+    raw_str(&r, "dtype"), raw_str(&r, "F128");
+    raw_str(&r, "shape");
+    assert_int_equal(msgpack_pack_array(&r.pk, 0), 0);
+    raw_str(&r, "data");
+    assert_int_equal(msgpack_pack_bin_with_body(&r.pk, "", 0), 0);
+    /* a shared-memory slot: not in this build */
+    raw_str(&r, "shm");
+    assert_int_equal(msgpack_pack_map(&r.pk, 3), 0);
+    raw_str(&r, "dtype"), raw_str(&r, "U8");
+    raw_str(&r, "shape");
+    assert_int_equal(msgpack_pack_array(&r.pk, 0), 0);
+    raw_str(&r, "shm");
+    assert_int_equal(msgpack_pack_map(&r.pk, 0), 0);
+    /* a negative dimension, and 9 dimensions */
+    raw_str(&r, "negdim");
+    assert_int_equal(msgpack_pack_map(&r.pk, 2), 0);
+    raw_str(&r, "dtype"), raw_str(&r, "U8");
+    raw_str(&r, "shape");
+    assert_int_equal(msgpack_pack_array(&r.pk, 1), 0);
+    assert_int_equal(msgpack_pack_int64(&r.pk, -1), 0);
+    raw_str(&r, "ninedims");
+    assert_int_equal(msgpack_pack_map(&r.pk, 2), 0);
+    raw_str(&r, "dtype"), raw_str(&r, "U8");
+    raw_str(&r, "shape");
+    assert_int_equal(msgpack_pack_array(&r.pk, 9), 0);
+    for (int k = 0; k < 9; k++) assert_int_equal(msgpack_pack_uint64(&r.pk, 1), 0);
+    /* a shape whose product overflows */
+    raw_str(&r, "overflow");
+    assert_int_equal(msgpack_pack_map(&r.pk, 2), 0);
+    raw_str(&r, "dtype"), raw_str(&r, "U8");
+    raw_str(&r, "shape");
+    assert_int_equal(msgpack_pack_array(&r.pk, 3), 0);
+    for (int k = 0; k < 3; k++) assert_int_equal(msgpack_pack_uint64(&r.pk, 1ull << 62), 0);
+    WireMsg m;
+    decode_ok(&m, r.buf.data, r.buf.size);
+    WireTensor t;
+    EXPECT_GET_ERROR(wire_get_tensor(&m.root, "short", &t, err),
+                     "message 't': field 'short.data' is 16 bytes, expected 3 elements of F64");
+    EXPECT_GET_ERROR(wire_get_tensor(&m.root, "dtype", &t, err), "field 'dtype.dtype' is 'F128'");
+    EXPECT_GET_ERROR(wire_get_tensor(&m.root, "shm", &t, err), "field 'shm.shm' names a shared");
+    EXPECT_GET_ERROR(wire_get_tensor(&m.root, "negdim", &t, err),
+                     "field 'negdim.shape' dimension 0 is a negative int, expected a uint");
+    EXPECT_GET_ERROR(wire_get_tensor(&m.root, "ninedims", &t, err), "has 9 dimensions, at most 8");
+    EXPECT_GET_ERROR(wire_get_tensor(&m.root, "overflow", &t, err), "overflows 64 bits");
+    EXPECT_GET_ERROR(wire_get_tensor(&m.root, "nope", &t, err), "field 'nope' is missing");
+    wire_msg_free(&m);
+    msgpack_sbuffer_destroy(&r.buf);
+}
+
+/* Every prefix of a valid message, and 20,000 random mutations of it: errors (or, for some
+ * mutations, a valid message), never a crash, and every error one line. */
+static void test_truncated_and_mutated(void **state)
+{
+    WireLimits lim = wire_limits_default();
+    const double rows[12] = {1, 2, 3, 4, 0.5, 1, 5, 6, 7, 8, 0.25, 3};
+    WireTensor t = {.dtype = ST_F64, .ndim = 2, .shape = {2, 6}, .data = rows};
+    WireWriter w;
+    wire_writer_init(&w, "detections", 4);
+    wire_put_uint(&w, "epoch", 3);
+    wire_put_int(&w, "image_id", 397133);
+    wire_put_bin(&w, "dets", rows, sizeof rows);
+    wire_put_tensor(&w, "t", &t);
+    size_t len;
+    const uint8_t *data = wire_writer_data(&w, &len);
+    WireMsg m;
+    Err err;
+    wire_msg_init(&m);
+    for (size_t cut = 0; cut < len; cut++) {
+        uint8_t *copy = malloc(cut ? cut : 1); /* exact size: ASan sees any overread */
+        memcpy(copy, data, cut);
+        if (wire_decode(&m, copy, cut, &lim, &err) == 0)
+            fail_msg("prefix %zu of %zu decoded", cut, len);
+        assert_null(strchr(err.msg, '\n'));
+        free(copy);
+    }
+    uint8_t *copy = malloc(len);
+    unsigned seed = 12345;
+    size_t decoded = 0;
+    for (int k = 0; k < 20000; k++) {
+        memcpy(copy, data, len);
+        for (int f = 0; f < 1 + k % 4; f++) {
+            seed = seed * 1103515245u + 12345u;
+            copy[(seed >> 8) % len] = (uint8_t)(seed >> 20);
+        }
+        if (wire_decode(&m, copy, len, &lim, &err) == 0) {
+            uint64_t u;
+            WireTensor got;
+            decoded++;
+            wire_get_uint(&m.root, "epoch", &u, &err); /* any outcome; no crash */
+            wire_get_tensor(&m.root, "t", &got, &err);
+        } else {
+            assert_null(strchr(err.msg, '\n'));
+        }
+    }
+    print_message("mutations: %zu of 20000 still decoded\n", decoded);
+    free(copy);
+    wire_msg_free(&m);
+    wire_writer_free(&w);
+}
+
+static void test_rundir(void **state)
+{
+    char dir[RUNDIR_CAP], ep[ZMQ_UTIL_ENDPOINT_CAP], path[512];
+    Err err = {{0}};
+    struct stat st;
+    if (rundir_create(dir, &err)) fail_msg("%s", err.msg);
+    assert_int_equal(stat(dir, &st), 0);
+    assert_int_equal(st.st_mode & 0777, 0700);
+    if (rundir_endpoint(dir, "evaluator.sock", ep, &err)) fail_msg("%s", err.msg);
+    assert_true(!strncmp(ep, "ipc://", 6) && strstr(ep, "/evaluator.sock"));
+    char long_name[200];
+    memset(long_name, 'n', sizeof long_name - 1);
+    long_name[sizeof long_name - 1] = '\0';
+    assert_int_equal(rundir_endpoint(dir, long_name, ep, &err), -1);
+    assert_non_null(strstr(err.msg, "longer than a Unix socket path allows"));
+    snprintf(path, sizeof path, "%s/leftover", dir);
+    FILE *f = fopen(path, "w");
+    assert_non_null(f);
+    fclose(f);
+    if (rundir_remove(dir, &err)) fail_msg("%s", err.msg);
+    assert_int_equal(stat(dir, &st), -1);
+    assert_int_equal(rundir_remove(dir, &err), 0); /* already gone: fine */
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_round_trip),    cmocka_unit_test(test_wrong_and_missing_fields),
+        cmocka_unit_test(test_bounds),        cmocka_unit_test(test_shapes),
+        cmocka_unit_test(test_tensor_errors), cmocka_unit_test(test_truncated_and_mutated),
+        cmocka_unit_test(test_rundir),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

@@ -1,0 +1,92 @@
+/* trainer.h: one training step of EfficientDet over the op table, as effdet's train.py runs it:
+ * targets (AnchorLabeler) -> train-mode forward -> focal + Huber loss -> backward -> gradient
+ * clipping by global norm -> SGD with momentum and weight decay on conv weights only -> EMA of
+ * every parameter and BN statistic with effdet/NVIDIA's warm-up min(decay, (1+n)/(10+n)).
+ *
+ * The learning rate follows automl's schedule: linear warm-up from warmup_lr to lr over
+ * warmup_steps, then cosine decay to 0 at total_steps. All state lives in backend memory in
+ * blocks that mirror the parameter block (momentum, EMA), so one call updates all of it. Every
+ * op is deterministic, so the same inputs give bit-identical weights, and a resumed run equals a
+ * straight one. */
+#ifndef EFFDET_TRAINER_H
+#define EFFDET_TRAINER_H
+
+#include <stdint.h>
+
+#include "shared/err.h"
+#include "worker/anchors.h"
+#include "worker/checkpoint.h"
+#include "worker/labeler.h"
+#include "worker/model/model.h"
+
+enum { TRAIN_MAX_BOXES = 100 }; /* effdet's max_num_instances */
+
+typedef struct TrainSettings {
+    char model[32];
+    int num_classes;
+    int batch, h, w;
+    double lr, warmup_lr;         /* peak and starting learning rates, already batch-scaled */
+    long warmup_steps, total_steps;
+    double momentum, weight_decay, clip_norm;
+    int ema;                      /* keep an EMA of the weights */
+    double ema_decay;
+    double alpha, gamma, delta, box_weight, label_smoothing;
+    uint64_t seed;
+} TrainSettings;
+
+/* Defaults of effdet/automl for a batch: lr 0.08 per 64 images, warm-up from a tenth of it,
+ * momentum 0.9, weight decay 4e-5, clip 10, EMA 0.9998, focal alpha 0.25 gamma 1.5, Huber delta
+ * 0.1, box weight 50. */
+void train_settings_default(TrainSettings *s, const char *model, int num_classes, int batch,
+                            int h, int w);
+
+typedef struct TrainStats {
+    double loss, class_loss, box_loss;
+    double lr, grad_norm;
+    int positives;
+} TrainStats;
+
+typedef struct Trainer {
+    TrainSettings s;
+    ModelConfig cfg;
+    Model model;
+    Anchors anchors;
+    Labeler labeler;
+    float *momentum, *ema_params, *ema_buffers; /* backend memory */
+    uint8_t *decay_mask;                        /* backend, one byte per parameter */
+    int32_t *cls_target_host, *cls_target;      /* (batch * anchors) */
+    float *box_target_host, *box_target;        /* (batch * anchors, 4) */
+    float *scalars;                             /* backend: loss[2], sum of squares */
+    long step;                                  /* optimizer steps taken */
+} Trainer;
+
+/* weights: a safetensors file (effdet names) to start from, or NULL for effdet-style random init
+ * with seed s->seed. */
+int trainer_init(Trainer *t, const TrainSettings *s, const char *device, const char *weights,
+                 Err *err);
+void trainer_free(Trainer *t); /* idempotent */
+
+/* One step on a batch: input (batch, H, W, 3) normalized host floats; boxes (batch, max_boxes, 4)
+ * yxyx input pixels; classes (batch, max_boxes) 1-based, -1 padding; crowd (batch, max_boxes) or
+ * NULL. Fails (and leaves the weights untouched) on bad targets or a non-finite loss. */
+int trainer_step(Trainer *t, const float *input, const float *boxes, const int32_t *classes,
+                 const uint8_t *crowd, int max_boxes, TrainStats *st, Err *err);
+
+/* Only forward + loss + backward (no update): for parity with a reference's gradients. */
+int trainer_loss_and_grads(Trainer *t, const float *input, const float *boxes,
+                           const int32_t *classes, const uint8_t *crowd, int max_boxes,
+                           TrainStats *st, Err *err);
+
+/* Learning rate at a step, and the EMA decay after n updates. */
+double trainer_lr_at(const TrainSettings *s, long step);
+double trainer_ema_decay_at(const TrainSettings *s, long n);
+
+/* Whole training state to/from a checkpoint file (worker/checkpoint.h). */
+int trainer_save(Trainer *t, const char *path, long epoch, Err *err);
+int trainer_resume(Trainer *t, const char *path, long *epoch, Err *err);
+
+/* Host copies of the weights to evaluate: the EMA when kept, else the raw weights. The caller
+ * frees both. */
+int trainer_eval_weights(Trainer *t, float **params, float **buffers, Err *err);
+
+#endif
