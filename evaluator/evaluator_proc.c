@@ -275,10 +275,18 @@ static void ev_on_detections(Evaluator *ev, const WireMsg *m)
         wire_get_int(&m->root, "image_id", &image_id, &err) ||
         wire_get_bin(&m->root, "dets", &bin, &len, &err))
         return ev_malformed(ev, err.msg);
+    /* An image the ground truth lacks is refused before it can open an epoch: a stray message
+     * must not take one of the two slots. */
+    int64_t idx = coco_dataset_image_index(&ev->gt, image_id);
+    if (idx < 0) {
+        ev->counts.rejected++;
+        snprintf(what, sizeof what, "image %lld rejected: it is not in the ground truth",
+                 (long long)image_id);
+        return ev_error(ev, epoch, "rejected", 1, image_id, what);
+    }
     EpochSlot *s = ev_slot(ev, epoch, 1, image_id);
     if (!s) return;
-    int64_t idx = coco_dataset_image_index(&ev->gt, image_id);
-    if (idx >= 0 && s->seen[idx]) {
+    if (s->seen[idx]) {
         ev->counts.duplicates++;
         snprintf(what, sizeof what, "image %lld delivered twice; the second delivery (%zu "
                                     "detections) is not counted", (long long)image_id, len / row);
@@ -288,7 +296,7 @@ static void ev_on_detections(Evaluator *ev, const WireMsg *m)
         wire_fail(&m->root, "dets", &err, "is %zu bytes, expected a multiple of %zu", len, row);
     } else if (ev_convert_rows(ev, image_id, bin, len / row, &err) == 0 &&
                coco_eval_add_image(s->ce, image_id, ev->dets, len / row, &err) == 0) {
-        s->seen[idx] = 1; /* add_image refuses an image not in the ground truth: idx >= 0 */
+        s->seen[idx] = 1;
         s->n_seen++;
         ev->counts.images++;
         return ev_maybe_evaluate(ev, s);

@@ -113,7 +113,7 @@ typedef struct Ops {
      * save_mean/save_invstd (C) keep mean and 1/sqrt(var + eps) for the backward pass;
      * out = act((in - mean) * invstd * gamma + beta). When running_mean/var are non-NULL they are
      * updated in place as PyTorch does: r = (1 - momentum) * r + momentum * batch, with the
-     * unbiased variance (rows / (rows - 1)) for running_var. */
+     * unbiased variance (rows / (rows - 1)) for running_var; rows must be at least 2. */
     void (*bn_train_forward)(OpsCtx *ctx, float *out, float *save_mean, float *save_invstd,
                              float *running_mean, float *running_var, const float *in,
                              const float *gamma, const float *beta, float eps, float momentum,
@@ -160,15 +160,17 @@ typedef struct Ops {
     void (*fuse_backward)(OpsCtx *ctx, float *const *dins, float *dw, const float *dy,
                           const float *const *ins, const float *w, int k, size_t count);
 
-    /* Focal + Huber loss of one pyramid level, accumulated: loss[0] += class loss,
-     * loss[1] += box loss (both already divided by norm = positives + 1; the caller forms
-     * total = loss[0] + box_weight * loss[1]); dcls, dbox = their gradients (=, not +=), with the
-     * box gradient already multiplied by box_weight. cls (rows, A*C) logits, box (rows, A*4);
-     * cls_target (rows*A) int32: class channel 0..C-1, -1 background, -2 ignore; box_target
-     * (rows*A, 4) (ty, tx, th, tw), entries equal to 0 are masked out as effdet does.
-     * focal = alpha_t (1 - p_t)^gamma BCE(logit, onehot smoothed by label_smoothing);
-     * huber(e) = 0.5 e^2 if |e| <= delta else delta (|e| - delta / 2), summed over components
-     * and divided by 4 * norm. loss is backend memory (2 floats, zeroed by the caller). */
+    /* Focal + Huber loss of one pyramid level, accumulated: loss[0] += sum focal / norm,
+     * loss[1] += sum huber / (4 norm), where norm = (positive anchors over the whole batch) + 1,
+     * the same value for every level's call. dcls = d loss[0] / d cls and dbox = box_weight *
+     * d loss[1] / d box (=, not +=; 0 for ignored anchors and masked components): the gradients
+     * of total = loss[0] + box_weight * loss[1]. dcls/dbox may be NULL (loss only).
+     * cls (rows, A*C) logits, box (rows, A*4); cls_target (rows*A) int32: class channel
+     * 0..C-1, -1 background, -2 ignore; box_target (rows*A, 4) (ty, tx, th, tw), components
+     * equal to 0 are masked out as effdet does. focal = alpha_t (1 - p_t)^gamma
+     * BCE_with_logits(logit, z_s), p_t and alpha_t from the one-hot z, z_s = z (1 - ls) + ls / 2
+     * (label smoothing enters only the BCE). huber(e) = 0.5 e^2 if |e| <= delta else
+     * delta (|e| - delta / 2). loss is backend memory (2 floats, zeroed by the caller). */
     void (*detection_loss)(OpsCtx *ctx, float *loss, float *dcls, float *dbox, const float *cls,
                            const float *box, const int32_t *cls_target, const float *box_target,
                            size_t rows, int anchors, int classes, float norm, float alpha,
@@ -177,7 +179,8 @@ typedef struct Ops {
     /* sum of squares of count values into *out (backend memory, one float; =). */
     void (*sum_squares)(OpsCtx *ctx, float *out, const float *x, size_t count);
     /* SGD with momentum (PyTorch's form) over the parameter block, with the gradient scaled by
-     * grad_scale first (clipping) and decoupled weight decay added to it where decay_mask is 1:
+     * grad_scale first (clipping) and L2 weight decay added to it (coupled, as torch.optim.SGD)
+     * where decay_mask is 1:
      * g = grad * grad_scale + wd * mask * p; buf = momentum * buf + g; p -= lr * buf. */
     void (*sgd_update)(OpsCtx *ctx, float *params, float *momentum_buf, const float *grads,
                        const uint8_t *decay_mask, float lr, float momentum, float weight_decay,

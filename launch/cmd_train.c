@@ -5,7 +5,8 @@
  *     [--image-size HxW] [--batch-size B] [--epochs E] [--lr LR] [--warmup-epochs W]
  *     [--model-ema | --no-model-ema] [--model-ema-decay D] [--seed S] [--output DIR]
  *     [--resume [FILE]] [--initial-checkpoint FILE] [--keep K] [--eval-interval E]
- *     [--skip-bad-images] [--log-interval N] [--checkpoint-interval E] [--device D]
+ *     [--skip-bad-images] [--log-interval N] [--checkpoint-interval E] [--bn-momentum M]
+ *     [--device D]
  *
  * --lr is the rate for 64 images and scales with the batch (automl: 0.08 per 64). A checkpoint
  * (full state) is written every --checkpoint-interval epochs (default 1) and at the end, as
@@ -35,7 +36,7 @@ static const char *USAGE =
     "[--image-size HxW] [--batch-size B] [--epochs E] [--lr LR] [--warmup-epochs W] "
     "[--no-model-ema] [--model-ema-decay D] [--seed S] [--output DIR] [--resume [FILE]] "
     "[--initial-checkpoint FILE] [--keep K] [--eval-interval E] [--skip-bad-images] "
-    "[--log-interval N] [--checkpoint-interval E] [--device D]";
+    "[--log-interval N] [--checkpoint-interval E] [--bn-momentum M] [--device D]";
 
 /* The one piece of global state STYLE allows: set by the signal handler, read between steps. */
 static volatile sig_atomic_t stop_requested;
@@ -44,7 +45,7 @@ static void on_signal(int sig) { stop_requested = sig; }
 typedef struct TrainArgs {
     const char *data, *ann, *images, *model, *output, *resume, *initial, *device;
     long num_classes, batch, epochs, seed, keep, eval_interval, log_interval, ckpt_interval;
-    double lr, warmup_epochs, ema_decay;
+    double lr, warmup_epochs, ema_decay, bn_momentum;
     int h, w, ema, resume_latest, skip_bad;
     char ann_buf[1024];
 } TrainArgs;
@@ -65,6 +66,7 @@ static int parse(int argc, char **argv, TrainArgs *a, Err *err)
         {"eval-interval", required_argument, 0, 'v'}, {"skip-bad-images", no_argument, 0, O_SKIP},
         {"log-interval", required_argument, 0, 'L'}, {"device", required_argument, 0, 'd'},
         {"checkpoint-interval", required_argument, 0, 'c'},
+        {"bn-momentum", required_argument, 0, 'B'},
         {0, 0, 0, 0}};
     *a = (TrainArgs){.model = "tf_efficientdet_d0", .output = "effdet-train", .device = "cpu",
                      .batch = 8, .epochs = 10, .seed = 42, .keep = 3, .eval_interval = 0,
@@ -82,7 +84,7 @@ static int parse(int argc, char **argv, TrainArgs *a, Err *err)
         case 's': if (cli_parse_hw("--image-size", optarg, &a->h, &a->w, err)) return -1; break;
         case 'b': if (cli_parse_int("--batch-size", optarg, 1, 4096, &a->batch, err)) return -1; break;
         case 'e': if (cli_parse_int("--epochs", optarg, 1, 1000000, &a->epochs, err)) return -1; break;
-        case 'l': if (cli_parse_float("--lr", optarg, 0, 100, &a->lr, err)) return -1; break;
+        case 'l': if (cli_parse_float("--lr", optarg, 0, 1e9, &a->lr, err)) return -1; break;
         case 'W': if (cli_parse_float("--warmup-epochs", optarg, 0, 1e6, &a->warmup_epochs, err)) return -1; break;
         case O_EMA: a->ema = 1; break;
         case O_NOEMA: a->ema = 0; break;
@@ -96,6 +98,7 @@ static int parse(int argc, char **argv, TrainArgs *a, Err *err)
         case O_SKIP: a->skip_bad = 1; break;
         case 'L': if (cli_parse_int("--log-interval", optarg, 1, 1000000, &a->log_interval, err)) return -1; break;
         case 'd': a->device = optarg; break;
+        case 'B': if (cli_parse_float("--bn-momentum", optarg, 1e-6, 1, &a->bn_momentum, err)) return -1; break;
         case 'c': if (cli_parse_int("--checkpoint-interval", optarg, 1, 1000000, &a->ckpt_interval, err)) return -1; break;
         default: return err_set(err, "unknown option (usage: %s)", USAGE);
         }
@@ -153,6 +156,7 @@ static int run_init(Run *r, Err *err)
     s.warmup_steps = (long)(a->warmup_epochs * r->steps_per_epoch);
     s.total_steps = a->epochs * (long)r->steps_per_epoch;
     s.ema = a->ema, s.ema_decay = a->ema_decay, s.seed = (uint64_t)a->seed;
+    s.bn_momentum = a->bn_momentum;
     if (trainer_init(&r->t, &s, a->device, a->initial, err) != 0) return -1;
     size_t B = (size_t)a->batch, M = DATASET_MAX_INSTANCES;
     r->images = malloc(B * h * w * 3 * sizeof(float));

@@ -208,10 +208,18 @@ static int wire_scan(WireScan *s)
 
 /* ---- decoded maps ---------------------------------------------------------------------------- */
 
+/* msgpack-c gives an empty str or bin a NULL pointer, which memcmp and memcpy must not see even
+ * for 0 bytes; callers get "" instead. */
+static const char *obj_bytes(const msgpack_object *o)
+{
+    const char *p = o->type == MSGPACK_OBJECT_STR ? o->via.str.ptr : o->via.bin.ptr;
+    return p ? p : "";
+}
+
 static int key_is(const msgpack_object *k, const char *key)
 {
     size_t len = strlen(key);
-    return k->via.str.size == len && !memcmp(k->via.str.ptr, key, len);
+    return k->via.str.size == len && !memcmp(obj_bytes(k), key, len);
 }
 
 static const msgpack_object *wire_find(const WireMap *m, const char *key)
@@ -246,9 +254,9 @@ static int wire_check_keys(const WireMap *m, Err *err)
     for (uint32_t i = 0; i < m->map->size; i++)
         for (uint32_t j = 0; j < i; j++)
             if (kv[i].key.via.str.size == kv[j].key.via.str.size &&
-                !memcmp(kv[i].key.via.str.ptr, kv[j].key.via.str.ptr, kv[i].key.via.str.size)) {
+                !memcmp(obj_bytes(&kv[i].key), obj_bytes(&kv[j].key), kv[i].key.via.str.size)) {
                 char key[WIRE_KEY_CAP], label[WIRE_TYPE_CAP + 16];
-                copy_printable(key, sizeof key, kv[i].key.via.str.ptr, kv[i].key.via.str.size);
+                copy_printable(key, sizeof key, obj_bytes(&kv[i].key), kv[i].key.via.str.size);
                 return err_set(err, "%s: key '%s%s' appears twice", msg_label(m, label), m->path,
                                key);
             }
@@ -293,7 +301,7 @@ int wire_get_str(const WireMap *m, const char *key, const char **s, size_t *len,
 {
     const msgpack_object *o = wire_field(m, key, MSGPACK_OBJECT_STR, "a str", err);
     if (!o) return -1;
-    *s = o->via.str.ptr, *len = o->via.str.size;
+    *s = obj_bytes(o), *len = o->via.str.size;
     return 0;
 }
 
@@ -332,7 +340,7 @@ int wire_get_bin(const WireMap *m, const char *key, const void **p, size_t *len,
 {
     const msgpack_object *o = wire_field(m, key, MSGPACK_OBJECT_BIN, "a bin", err);
     if (!o) return -1;
-    *p = o->via.bin.ptr, *len = o->via.bin.size;
+    *p = obj_bytes(o), *len = o->via.bin.size;
     return 0;
 }
 

@@ -97,6 +97,7 @@ int trainer_init(Trainer *t, const TrainSettings *s, const char *device, const c
     const Ops *ops = ops_for_device(device, &dev, err);
     if (!ops || model_config_get(s->model, s->num_classes, &t->cfg, err) != 0) return -1;
     if (model_create(&t->model, &t->cfg, ops, dev, err) != 0) return -1;
+    t->model.bn_momentum = (float)s->bn_momentum;
     int rc = weights ? model_load_weights(&t->model, weights, err)
                      : model_init_random(&t->model, s->seed, err);
     if (rc == 0) rc = model_plan(&t->model, s->batch, s->h, s->w, PLAN_TRAIN, err);
@@ -247,9 +248,10 @@ int trainer_save(Trainer *t, const char *path, long epoch, Err *err)
         cs.step = t->step, cs.epoch = epoch, cs.seed = t->s.seed;
         snprintf(cs.settings, sizeof cs.settings,
                  "{\"batch\": %d, \"image_size\": [%d, %d], \"lr\": %.17g, \"warmup_lr\": %.17g, "
-                 "\"warmup_steps\": %ld, \"total_steps\": %ld, \"ema\": %d, \"ema_decay\": %.17g}",
+                 "\"warmup_steps\": %ld, \"total_steps\": %ld, \"ema\": %d, \"ema_decay\": %.17g, "
+                 "\"bn_momentum\": %.17g}",
                  t->s.batch, t->s.h, t->s.w, t->s.lr, t->s.warmup_lr, t->s.warmup_steps,
-                 t->s.total_steps, t->s.ema, t->s.ema_decay);
+                 t->s.total_steps, t->s.ema, t->s.ema_decay, t->s.bn_momentum);
         rc = checkpoint_write(path, &t->model.table, t->cfg.name, t->cfg.num_classes, &cs, err);
     }
     state_free(&cs);

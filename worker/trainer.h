@@ -31,6 +31,7 @@ typedef struct TrainSettings {
     int ema;                      /* keep an EMA of the weights */
     double ema_decay;
     double alpha, gamma, delta, box_weight, label_smoothing;
+    double bn_momentum;           /* > 0: override effdet's BN momenta (0.1 backbone, 0.01 rest) */
     uint64_t seed;
 } TrainSettings;
 

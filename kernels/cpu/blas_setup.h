@@ -1,4 +1,5 @@
-/* blas_setup.h: call cpu_blas_setup(argv) first thing in main (see blas_setup.c). */
+/* blas_setup.h: call cpu_blas_setup(argv) first thing in main (see blas_setup.c): it may
+ * re-execute the program once with OPENBLAS_CORETYPE and GOMP_SPINCOUNT set. */
 #ifndef EFFDET_BLAS_SETUP_H
 #define EFFDET_BLAS_SETUP_H
 

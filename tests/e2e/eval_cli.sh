@@ -8,21 +8,7 @@ BIN=${EFFDET_BIN:?EFFDET_BIN must point at build/bin}
 FIX=${EFFDET_FIXTURES:?EFFDET_FIXTURES must point at the fixtures}
 T=$(mktemp -d)
 trap 'rm -rf "$T"' EXIT
-fails=0
-ok() { echo "ok   $1"; }
-bad() { echo "FAIL $1"; fails=$((fails + 1)); }
-
-# A command that must fail (status 1 or 2) with exactly one stderr line containing $2.
-expect_error() {
-  local name=$1 needle=$2; shift 2
-  "$@" >"$T/out" 2>"$T/err"; local rc=$?
-  local lines; lines=$(wc -l <"$T/err")
-  if [ "$rc" -ne 0 ] && [ "$rc" -lt 128 ] && [ "$lines" -eq 1 ] && grep -qF -- "$needle" "$T/err"; then
-    ok "$name: $(cat "$T/err")"
-  else
-    bad "$name (exit $rc, $lines stderr lines, wanted '$needle'): $(head -3 "$T/err")"
-  fi
-}
+source "$(dirname "$0")/lib/common.bash"
 
 # The numbers of the list "$1" in JSON file $2, one a line.
 json_list() { tr -d ' \n' <"$2" | sed -E "s/.*\"$1\":\[([^]]*)\].*/\1/" | tr ',' '\n'; }

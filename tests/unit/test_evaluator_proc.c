@@ -459,18 +459,25 @@ static void test_malformed(void **state)
         send_writer(&l->s, &w);
         check_error(l->out.msg[1 + k], l->out.len[1 + k], "rejected", 0, id0, want[k]);
     }
-    wire_writer_init(&w, "detections", 3);
-    wire_put_uint(&w, "epoch", 0);
-    wire_put_int(&w, "image_id", -77);
-    wire_put_bin(&w, "dets", NULL, 0);
-    send_writer(&l->s, &w);
-    check_error(l->out.msg[3], l->out.len[3], "rejected", 0, -77, "not in the ground truth");
+    /* images the ground truth lacks, in two new epochs: refused without opening them */
+    for (uint64_t e = 77; e <= 78; e++) {
+        wire_writer_init(&w, "detections", 3);
+        wire_put_uint(&w, "epoch", e);
+        wire_put_int(&w, "image_id", -77);
+        wire_put_bin(&w, "dets", NULL, 0);
+        send_writer(&l->s, &w);
+        check_error(l->out.msg[e - 74], l->out.len[e - 74], "rejected", e, -77,
+                    "not in the ground truth");
+    }
+    send_image(&l->s, 1, 0); /* epochs 0 and 1 open: 77 and 78 took no slot */
+    assert_int_equal(l->out.n, 5);
     /* the epoch still evaluates to the expected numbers */
     send_epoch(&l->s, 0, SIZE_MAX);
     send_epoch_end(&l->s, 0, fx.gt.n_images + 1);
-    check_error(l->out.msg[4], l->out.len[4], "count", 0, NO_IMAGE, "announces 52 images");
-    check_metrics(l->out.msg[5], l->out.len[5], 0);
-    assert_int_equal(evaluator_counts(l->s.ev)->rejected, 4);
+    check_error(l->out.msg[5], l->out.len[5], "count", 0, NO_IMAGE, "announces 52 images");
+    check_metrics(l->out.msg[6], l->out.len[6], 0);
+    assert_int_equal(evaluator_counts(l->s.ev)->rejected, 5);
+    assert_int_equal(evaluator_counts(l->s.ev)->busy, 0);
     local_free(l);
 }
 

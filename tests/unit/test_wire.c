@@ -3,7 +3,7 @@
  * count), wrong and missing fields, truncated and mutated buffers, a non-map top level, ext types,
  * non-str and repeated keys, bad versions and bad tensors: each must be an Err of one line naming
  * what is wrong, never a crash (run under `make SAN=1 test` for the "never" part). Also the
- * run-directory helpers of shared/zmq_util.c. */
+ * transport under the messages: shared/zmq_util.c's sockets and run directory. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -340,6 +340,25 @@ static void test_shapes(void **state)
     raw_str(&r, "type");
     raw_str(&r, "y");
     expect_raw_error(&r, &lim, "key 'type' appears twice");
+    /* empty keys (msgpack-c gives them a NULL pointer: found by fuzz_wire) */
+    raw_init(&r);
+    raw_header(&r, 2, "x", 1);
+    raw_str(&r, ""), raw_str(&r, "");
+    raw_str(&r, ""), raw_str(&r, "");
+    expect_raw_error(&r, &lim, "message: key '' appears twice");
+    raw_init(&r);
+    raw_header(&r, 1, "x", 1);
+    raw_str(&r, ""), raw_str(&r, "");
+    WireMsg m;
+    decode_ok(&m, r.buf.data, r.buf.size);
+    const char *s;
+    size_t n;
+    Err err = {{0}};
+    assert_int_equal(wire_get_str(&m.root, "", &s, &n, &err), 0);
+    assert_non_null(s);
+    assert_int_equal(n, 0);
+    wire_msg_free(&m);
+    msgpack_sbuffer_destroy(&r.buf);
 }
 
 static void test_tensor_errors(void **state)
@@ -483,13 +502,77 @@ static void test_rundir(void **state)
     assert_int_equal(rundir_remove(dir, &err), 0); /* already gone: fine */
 }
 
+/* shared/zmq_util.c: one frame each way, timeouts as ZMQ_UTIL_AGAIN, a multi-part message
+ * refused without losing the next one, ZMQ_MAXMSGSIZE enforced, the stop fd seen by the poll,
+ * and setup errors naming the endpoint. */
+static void test_zmq_util(void **state)
+{
+    char dir[RUNDIR_CAP], ep[ZMQ_UTIL_ENDPOINT_CAP];
+    Err err = {{0}};
+    ZmqSocket pull = {0}, push = {0}, lonely = {0}, bad = {0};
+    ZmqSocketConfig pull_cfg = {ZMQ_PULL, 100, 0, 0}, push_cfg = {ZMQ_PUSH, 100, 0, 0};
+    zmq_msg_t msg;
+    int ready, fds[2];
+    void *ctx = zmq_util_ctx_new(&err);
+    assert_non_null(ctx);
+    if (rundir_create(dir, &err) || rundir_endpoint(dir, "t.sock", ep, &err) ||
+        zmq_util_bind(&pull, ctx, &pull_cfg, ep, &err) ||
+        zmq_util_connect(&push, ctx, &push_cfg, ep, &err))
+        fail_msg("%s", err.msg);
+    assert_int_equal(zmq_util_send(&push, "hello", 5, 1000, &err), 0);
+    assert_int_equal(zmq_util_recv(&pull, &msg, 1000, &err), 0);
+    assert_int_equal(zmq_msg_size(&msg), 5);
+    assert_memory_equal(zmq_msg_data(&msg), "hello", 5);
+    zmq_msg_close(&msg);
+    /* nothing more: a timeout */
+    assert_int_equal(zmq_util_recv(&pull, &msg, 20, &err), ZMQ_UTIL_AGAIN);
+    zmq_msg_close(&msg);
+    /* a two-part message, then a good one */
+    assert_int_equal(zmq_send(push.sock, "a", 1, ZMQ_SNDMORE), 1);
+    assert_int_equal(zmq_send(push.sock, "b", 1, 0), 1);
+    assert_int_equal(zmq_util_send(&push, "next", 4, 1000, &err), 0);
+    assert_int_equal(zmq_util_recv(&pull, &msg, 1000, &err), ZMQ_UTIL_MULTIPART);
+    assert_non_null(strstr(err.msg, "t.sock: a message of 2 parts, expected 1"));
+    zmq_msg_close(&msg);
+    assert_int_equal(zmq_util_recv(&pull, &msg, 1000, &err), 0);
+    assert_int_equal(zmq_msg_size(&msg), 4);
+    zmq_msg_close(&msg);
+    /* over ZMQ_MAXMSGSIZE (100): the receiver drops it (and the connection) */
+    char big[200] = {0};
+    assert_int_equal(zmq_util_send(&push, big, sizeof big, 1000, &err), 0);
+    assert_int_equal(zmq_util_recv(&pull, &msg, 200, &err), ZMQ_UTIL_AGAIN);
+    zmq_msg_close(&msg);
+    /* the stop fd ends a wait at once */
+    assert_int_equal(pipe(fds), 0);
+    assert_int_equal(write(fds[1], "x", 1), 1);
+    assert_int_equal(zmq_util_poll(&pull, ZMQ_POLLIN, fds[0], 5000, &ready, &err), 0);
+    assert_int_equal(ready, ZMQ_UTIL_FD_READY);
+    close(fds[0]), close(fds[1]);
+    /* a PUSH without peers has no room: a send times out */
+    if (rundir_endpoint(dir, "lonely.sock", ep, &err) ||
+        zmq_util_bind(&lonely, ctx, &push_cfg, ep, &err))
+        fail_msg("%s", err.msg);
+    assert_int_equal(zmq_util_send(&lonely, "x", 1, 20, &err), ZMQ_UTIL_AGAIN);
+    /* setup errors: one line naming the endpoint and the call */
+    const char *nodir = "ipc:///nonexistent-dir/x.sock";
+    assert_int_equal(zmq_util_bind(&bad, ctx, &pull_cfg, nodir, &err), -1);
+    assert_string_equal(err.msg, "ipc:///nonexistent-dir/x.sock: bind: No such file or directory");
+    assert_null(bad.sock);
+    assert_int_equal(zmq_util_connect(&bad, ctx, &pull_cfg, "nope://x", &err), -1);
+    assert_string_equal(err.msg, "nope://x: connect: Protocol not supported");
+    zmq_util_close(&pull), zmq_util_close(&push), zmq_util_close(&lonely);
+    zmq_util_close(&pull); /* idempotent */
+    zmq_util_ctx_term(ctx);
+    if (rundir_remove(dir, &err)) fail_msg("%s", err.msg);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_round_trip),    cmocka_unit_test(test_wrong_and_missing_fields),
         cmocka_unit_test(test_bounds),        cmocka_unit_test(test_shapes),
         cmocka_unit_test(test_tensor_errors), cmocka_unit_test(test_truncated_and_mutated),
-        cmocka_unit_test(test_rundir),
+        cmocka_unit_test(test_rundir),       cmocka_unit_test(test_zmq_util),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

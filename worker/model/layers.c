@@ -127,7 +127,9 @@ Act4 fwd_bn(Fwd *f, const BnP *bn, Act act, Act4 x)
         if (!f->dry)
             f->ops->bn_train_forward(f->ctx, y.p, mean.p, invstd.p, f->buffers + bn->mean,
                                      f->buffers + bn->var, x.p, f->params + bn->gamma,
-                                     f->params + bn->beta, f->eps, bn->momentum, act, rows, x.c);
+                                     f->params + bn->beta, f->eps,
+                                     f->bn_momentum > 0 ? f->bn_momentum : bn->momentum, act, rows,
+                                     x.c);
         return y;
     }
     fwd_use(f, x);

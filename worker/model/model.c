@@ -114,7 +114,8 @@ static void network_forward(Fwd *f, Model *m)
 static Fwd fwd_begin(Model *m, int dry)
 {
     Fwd f = {.ops = m->ops, .ctx = m->ctx, .params = m->params, .buffers = m->buffers,
-             .eps = m->cfg.bn_eps, .dry = dry, .train = m->train, .arena = m->arena,
+             .eps = m->cfg.bn_eps, .dry = dry, .train = m->train, .bn_momentum = m->bn_momentum,
+             .arena = m->arena,
              .offset = m->act_offset};
     return f;
 }

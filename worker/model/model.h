@@ -122,6 +122,7 @@ typedef struct Model {
     size_t arena_bytes;
     int reuse;                    /* inference plan: activations share memory when their lives don't overlap */
     int train;                    /* training plan: batch-statistics BN, tape, gradient arena */
+    float bn_momentum;            /* > 0: overrides every BN's running-stat momentum (--bn-momentum) */
     TapeOp *tape;
     int n_tape;
     char *grad_arena;             /* training: d loss / d activation, same offsets as the arena */
