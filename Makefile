@@ -87,6 +87,8 @@ GPU_TEST_BINS := $(GPU_TEST_SRCS:tests/%.c=$(BUILD)/tests/%)
 FIXTURES ?= $(abspath ../shared/fixtures)
 
 .PHONY: all test test-gpu bench clean
+# Keep the process mains' objects (pattern-rule intermediates) so relinks don't recompile them.
+.SECONDARY:
 all: $(PROGS) $(TEST_BINS) $(BENCH_BINS) $(TOOL_BINS) $(GPU_TEST_BINS) $(CUDA_SO)
 
 $(BUILD)/%.o: %.c

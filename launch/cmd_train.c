@@ -6,7 +6,17 @@
  *     [--model-ema | --no-model-ema] [--model-ema-decay D] [--seed S] [--output DIR]
  *     [--resume [FILE]] [--initial-checkpoint FILE] [--keep K] [--eval-interval E]
  *     [--skip-bad-images] [--log-interval N] [--checkpoint-interval E] [--bn-momentum M]
- *     [--device D]
+ *     [--remove-weights PREFIX...] [--freeze-layers PREFIX...] [--head-only]
+ *     [--pretrained-backbone FILE] [--device D]
+ *
+ * Fine-tuning (worker/trainer.h has the exact rules): --initial-checkpoint with another
+ * --num-classes re-initialises the class head's predict conv; --remove-weights PREFIX... keeps the
+ * fresh init of the initial checkpoint's tensors under those name prefixes; --freeze-layers
+ * PREFIX... never updates those tensors and runs their BN layers on running statistics;
+ * --head-only freezes all but class_net.* and box_net.*; --pretrained-backbone FILE loads only the
+ * backbone, under effdet names or timm's bare EfficientNet names. Prefix lists take every
+ * following argument up to the next one starting with '-'; a prefix matching no tensor is an
+ * error.
  *
  * --lr is the rate for 64 images and scales with the batch (automl: 0.08 per 64). A checkpoint
  * (full state) is written every --checkpoint-interval epochs (default 1) and at the end, as
@@ -36,23 +46,42 @@ static const char *USAGE =
     "[--image-size HxW] [--batch-size B] [--epochs E] [--lr LR] [--warmup-epochs W] "
     "[--no-model-ema] [--model-ema-decay D] [--seed S] [--output DIR] [--resume [FILE]] "
     "[--initial-checkpoint FILE] [--keep K] [--eval-interval E] [--skip-bad-images] "
-    "[--log-interval N] [--checkpoint-interval E] [--bn-momentum M] [--device D]";
+    "[--log-interval N] [--checkpoint-interval E] [--bn-momentum M] [--remove-weights PREFIX...] "
+    "[--freeze-layers PREFIX...] [--head-only] [--pretrained-backbone FILE] [--device D]";
 
 /* The one piece of global state STYLE allows: set by the signal handler, read between steps. */
 static volatile sig_atomic_t stop_requested;
 static void on_signal(int sig) { stop_requested = sig; }
 
 typedef struct TrainArgs {
-    const char *data, *ann, *images, *model, *output, *resume, *initial, *device;
+    const char *data, *ann, *images, *model, *output, *resume, *initial, *device, *backbone;
     long num_classes, batch, epochs, seed, keep, eval_interval, log_interval, ckpt_interval;
     double lr, warmup_epochs, ema_decay, bn_momentum;
-    int h, w, ema, resume_latest, skip_bad;
+    int h, w, ema, resume_latest, skip_bad, head_only;
+    const char *freeze[TRAIN_MAX_PREFIXES], *remove[TRAIN_MAX_PREFIXES];
+    int n_freeze, n_remove;
     char ann_buf[1024];
 } TrainArgs;
 
+/* A flag taking one or more values (argparse's nargs='+'): optarg, then every following argument
+ * up to the next one starting with '-'. */
+static int parse_list(const char *flag, int argc, char **argv, const char **list, int *n, Err *err)
+{
+    const char *v = optarg;
+    for (;;) {
+        if (*n == TRAIN_MAX_PREFIXES) return err_set(err, "%s: more than %d prefixes", flag, TRAIN_MAX_PREFIXES);
+        if (!*v || strlen(v) >= TRAIN_PREFIX_CAP)
+            return err_set(err, "%s: prefix '%s' is empty or longer than %d characters", flag, v,
+                           TRAIN_PREFIX_CAP - 1);
+        list[(*n)++] = v;
+        if (optind >= argc || argv[optind][0] == '-') return 0;
+        v = argv[optind++];
+    }
+}
+
 static int parse(int argc, char **argv, TrainArgs *a, Err *err)
 {
-    enum { O_NOEMA = 256, O_EMA, O_SKIP };
+    enum { O_NOEMA = 256, O_EMA, O_SKIP, O_REMOVE, O_FREEZE, O_HEAD_ONLY, O_BACKBONE };
     static const struct option opts[] = {
         {"data", required_argument, 0, 'D'}, {"ann", required_argument, 0, 'A'},
         {"images", required_argument, 0, 'I'}, {"model", required_argument, 0, 'm'},
@@ -67,6 +96,10 @@ static int parse(int argc, char **argv, TrainArgs *a, Err *err)
         {"log-interval", required_argument, 0, 'L'}, {"device", required_argument, 0, 'd'},
         {"checkpoint-interval", required_argument, 0, 'c'},
         {"bn-momentum", required_argument, 0, 'B'},
+        {"remove-weights", required_argument, 0, O_REMOVE},
+        {"freeze-layers", required_argument, 0, O_FREEZE},
+        {"head-only", no_argument, 0, O_HEAD_ONLY},
+        {"pretrained-backbone", required_argument, 0, O_BACKBONE},
         {0, 0, 0, 0}};
     *a = (TrainArgs){.model = "tf_efficientdet_d0", .output = "effdet-train", .device = "cpu",
                      .batch = 8, .epochs = 10, .seed = 42, .keep = 3, .eval_interval = 0,
@@ -100,12 +133,18 @@ static int parse(int argc, char **argv, TrainArgs *a, Err *err)
         case 'd': a->device = optarg; break;
         case 'B': if (cli_parse_float("--bn-momentum", optarg, 1e-6, 1, &a->bn_momentum, err)) return -1; break;
         case 'c': if (cli_parse_int("--checkpoint-interval", optarg, 1, 1000000, &a->ckpt_interval, err)) return -1; break;
+        case O_REMOVE: if (parse_list("--remove-weights", argc, argv, a->remove, &a->n_remove, err)) return -1; break;
+        case O_FREEZE: if (parse_list("--freeze-layers", argc, argv, a->freeze, &a->n_freeze, err)) return -1; break;
+        case O_HEAD_ONLY: a->head_only = 1; break;
+        case O_BACKBONE: a->backbone = optarg; break;
         default: return err_set(err, "unknown option (usage: %s)", USAGE);
         }
     }
     if (optind != argc) return err_set(err, "unexpected argument '%s' (usage: %s)", argv[optind], USAGE);
     if (!a->data && !(a->ann && a->images))
         return err_set(err, "a dataset is required: --data DIR or --ann FILE --images DIR");
+    if (a->backbone && strlen(a->backbone) >= TRAIN_PATH_CAP)
+        return err_set(err, "--pretrained-backbone: path longer than %d characters", TRAIN_PATH_CAP - 1);
     if (a->data) snprintf(a->ann_buf, sizeof a->ann_buf, "%s/annotations.json", a->data);
     else snprintf(a->ann_buf, sizeof a->ann_buf, "%s", a->ann);
     return 0;
@@ -157,6 +196,11 @@ static int run_init(Run *r, Err *err)
     s.total_steps = a->epochs * (long)r->steps_per_epoch;
     s.ema = a->ema, s.ema_decay = a->ema_decay, s.seed = (uint64_t)a->seed;
     s.bn_momentum = a->bn_momentum;
+    for (int i = 0; i < a->n_freeze; i++) snprintf(s.freeze[i], sizeof s.freeze[i], "%s", a->freeze[i]);
+    for (int i = 0; i < a->n_remove; i++)
+        snprintf(s.remove_weights[i], sizeof s.remove_weights[i], "%s", a->remove[i]);
+    s.n_freeze = a->n_freeze, s.n_remove_weights = a->n_remove, s.head_only = a->head_only;
+    if (a->backbone) snprintf(s.pretrained_backbone, sizeof s.pretrained_backbone, "%s", a->backbone);
     if (trainer_init(&r->t, &s, a->device, a->initial, err) != 0) return -1;
     size_t B = (size_t)a->batch, M = DATASET_MAX_INSTANCES;
     r->images = malloc(B * h * w * 3 * sizeof(float));

@@ -1,12 +1,22 @@
-/* trainer.c: one training step over the op table (see trainer.h). */
+/* trainer.c: one training step over the op table, and the fine-tuning controls: starting
+ * weights (initial checkpoint, pretrained backbone) and frozen layers (see trainer.h).
+ *
+ * Frozen parameters are a list of float ranges of the params block, made once at init by merging
+ * adjacent frozen tensors (a frozen backbone is one range). After each backward pass those ranges
+ * of the gradient block are zeroed, and their weight-decay mask bytes are 0, so the unchanged
+ * sgd_update leaves them bit-identical (p -= lr * 0) and their momentum at 0: one mem_zero per
+ * range per step and no new op. Their gradients are still computed (the tape has no per-
+ * activation "needs grad"); skipping them is an optimisation left for later. */
 #include "worker/trainer.h"
 
+#include <cJSON.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "shared/check.h"
+#include "shared/log.h"
 
 void train_settings_default(TrainSettings *s, const char *model, int num_classes, int batch,
                             int h, int w)
@@ -47,7 +57,7 @@ static void *backend_alloc(Trainer *t, size_t bytes, Err *err)
     return t->model.ops->mem_alloc(t->model.ctx, bytes ? bytes : 1, err);
 }
 
-static int alloc_state(Trainer *t, Err *err)
+static int alloc_state(Trainer *t, const uint8_t *frozen, Err *err)
 {
     const ParamTable *pt = &t->model.table;
     size_t rows = (size_t)t->s.batch * t->anchors.count;
@@ -66,12 +76,15 @@ static int alloc_state(Trainer *t, Err *err)
         t->ema_buffers = backend_alloc(t, pt->n_buffers * sizeof(float), err);
         if (!t->ema_params || !t->ema_buffers) return err_set(err, "trainer: out of memory for the EMA");
     }
-    /* Weight decay on conv weights only (not BN, biases or fusion weights), as effdet. */
+    /* Weight decay on conv weights only (not BN, biases or fusion weights), as effdet, and never
+     * on frozen ones. */
     uint8_t *mask = calloc(pt->n_params + 1, 1);
     if (!mask) return err_set(err, "trainer: out of memory");
     for (int i = 0; i < pt->count; i++)
         if (pt->specs[i].kind == PARAM_CONV_WEIGHT)
             memset(mask + pt->specs[i].offset, 1, pt->specs[i].count);
+    for (size_t i = 0; frozen && i < pt->n_params; i++)
+        if (frozen[i]) mask[i] = 0;
     t->model.ops->mem_upload(t->model.ctx, t->decay_mask, mask, pt->n_params);
     free(mask);
     return 0;
@@ -88,22 +101,207 @@ static void ema_reset(Trainer *t)
     o->ema_update(t->model.ctx, t->ema_buffers, t->model.buffers, 0.0f, t->model.table.n_buffers);
 }
 
+/* Prefix lists as the params.h functions take them. */
+static int prefix_list(const char (*list)[TRAIN_PREFIX_CAP], int n, const char **out)
+{
+    for (int i = 0; i < n; i++) out[i] = list[i];
+    return n;
+}
+
+/* Each --freeze-layers and --remove-weights prefix must name something, checked before any
+ * weights are read. */
+static int check_prefixes(const Trainer *t, Err *err)
+{
+    const char *p[TRAIN_MAX_PREFIXES], *bad;
+    int n = prefix_list(t->s.freeze, t->s.n_freeze, p);
+    if ((bad = param_table_unmatched_prefix(&t->model.table, p, n)))
+        return err_set(err, "--freeze-layers: '%s' matches no tensor of %s", bad, t->cfg.name);
+    n = prefix_list(t->s.remove_weights, t->s.n_remove_weights, p);
+    if ((bad = param_table_unmatched_prefix(&t->model.table, p, n)))
+        return err_set(err, "--remove-weights: '%s' matches no tensor of %s", bad, t->cfg.name);
+    return 0;
+}
+
+/* The starting weights (trainer.h): fresh init, then the initial checkpoint or pretrained
+ * backbone over it, staged on the host and uploaded once. */
+static int load_weights(Trainer *t, const char *weights, Err *err)
+{
+    const TrainSettings *s = &t->s;
+    Model *m = &t->model;
+    const char *backbone = s->pretrained_backbone[0] ? s->pretrained_backbone : NULL;
+    if (s->n_remove_weights && !weights) return err_set(err, "--remove-weights needs --initial-checkpoint");
+    if (backbone && weights)
+        return err_set(err, "--pretrained-backbone %s: --initial-checkpoint %s already holds a "
+                            "backbone; give one of them", backbone, weights);
+    if (!weights && !backbone) return model_init_random(m, s->seed, err);
+    float *params = calloc(m->table.n_params + 1, sizeof(float));
+    float *buffers = calloc(m->table.n_buffers + 1, sizeof(float));
+    if (!params || !buffers) {
+        free(params), free(buffers);
+        return err_set(err, "trainer: out of host memory for the weights");
+    }
+    param_table_init_random(&m->table, s->seed, params, buffers);
+    const char *skip[TRAIN_MAX_PREFIXES];
+    ParamLoadOptions o = {.skip = skip, .reinit_class_head = 1};
+    o.n_skip = prefix_list(s->remove_weights, s->n_remove_weights, skip);
+    if (backbone) o = (ParamLoadOptions){.backbone_only = 1};
+    ParamLoadReport rep;
+    const char *path = weights ? weights : backbone;
+    int rc = param_table_load_with(&m->table, path, m->cfg.name, &o, params, buffers, &rep, err);
+    if (rc == 0) {
+        model_set_weights(m, params, buffers);
+        if (rep.n_reinit)
+            log_info("%s: re-initialised the class head's predict conv for %d classes: %s", path,
+                     t->cfg.num_classes, rep.reinit);
+        if (o.n_skip) log_info("%s: %d tensors not loaded (--remove-weights)", path, rep.skipped);
+        if (backbone)
+            log_info("%s: loaded the backbone (%d tensors, %s names)", path, rep.loaded,
+                     rep.timm_names ? "timm" : "effdet");
+    }
+    free(params), free(buffers);
+    return rc;
+}
+
+static int is_frozen_name(const TrainSettings *s, const char *name)
+{
+    const char *p[TRAIN_MAX_PREFIXES];
+    int n = prefix_list(s->freeze, s->n_freeze, p);
+    if (s->head_only && strncmp(name, "class_net.", 10) && strncmp(name, "box_net.", 8)) return 1;
+    return param_name_has_prefix(name, p, n);
+}
+
+/* A BN layer is frozen whole when any of its tensors is: the plan's tape lists every BN layer
+ * of the model once (the heads have one per level), so walking it finds them all. */
+static int freeze_bn_layers(Trainer *t, uint8_t *frozen, const uint8_t *frozen_buffers)
+{
+    int n = 0;
+    for (int i = 0; i < t->model.n_tape; i++) {
+        const TapeOp *op = &t->model.tape[i];
+        if (op->kind != TAPE_BN) continue;
+        BnP *bn = (BnP *)op->layer; /* a layer of t->model, which the trainer owns */
+        if (frozen[bn->gamma] || frozen[bn->beta] || frozen_buffers[bn->mean] || frozen_buffers[bn->var]) {
+            bn->frozen = 1, n++;
+            memset(frozen + bn->gamma, 1, (size_t)bn->c);
+            memset(frozen + bn->beta, 1, (size_t)bn->c);
+        }
+    }
+    return n;
+}
+
+/* The frozen tensors' ranges, adjacent ones merged (each tensor's slot is padded to 64 floats,
+ * params.h, whose padding is never written). */
+static int frozen_ranges(Trainer *t, const uint8_t *frozen, size_t *n_floats, Err *err)
+{
+    const ParamTable *pt = &t->model.table;
+    t->frozen = malloc((size_t)pt->count * 2 * sizeof *t->frozen);
+    if (!t->frozen) return err_set(err, "trainer: out of memory");
+    *n_floats = 0;
+    for (int i = 0; i < pt->count; i++) {
+        const ParamSpec *p = &pt->specs[i];
+        if (param_is_buffer(p->kind) || !frozen[p->offset]) continue;
+        size_t slot = (p->count + 63) / 64 * 64;
+        *n_floats += p->count;
+        size_t *last = t->n_frozen ? &t->frozen[2 * (t->n_frozen - 1)] : NULL;
+        if (last && last[0] + last[1] == p->offset) last[1] += slot;
+        else t->frozen[2 * t->n_frozen] = p->offset, t->frozen[2 * t->n_frozen + 1] = slot, t->n_frozen++;
+    }
+    return 0;
+}
+
+/* Frozen parameters (trainer.h). Needs the plan (its tape); fills t->frozen and *mask (one byte
+ * per parameter, 1: frozen; NULL when nothing is). */
+static int freeze_init(Trainer *t, uint8_t **mask, Err *err)
+{
+    const ParamTable *pt = &t->model.table;
+    *mask = NULL;
+    if (!t->s.n_freeze && !t->s.head_only) return 0;
+    uint8_t *frozen = calloc(pt->n_params + 1, 1), *frozen_buffers = calloc(pt->n_buffers + 1, 1);
+    if (!frozen || !frozen_buffers) {
+        free(frozen), free(frozen_buffers);
+        return err_set(err, "trainer: out of memory");
+    }
+    for (int i = 0; i < pt->count; i++) {
+        const ParamSpec *p = &pt->specs[i];
+        if (is_frozen_name(&t->s, p->name))
+            memset((param_is_buffer(p->kind) ? frozen_buffers : frozen) + p->offset, 1, p->count);
+    }
+    int n_bn = freeze_bn_layers(t, frozen, frozen_buffers);
+    free(frozen_buffers);
+    size_t n_floats = 0;
+    if (frozen_ranges(t, frozen, &n_floats, err) != 0) {
+        free(frozen);
+        return -1;
+    }
+    log_info("frozen: %zu of %zu parameters (%d ranges), %d BN layers on running statistics",
+             n_floats, model_count_params(&t->model), t->n_frozen, n_bn);
+    *mask = frozen;
+    return 0;
+}
+
+static void zero_frozen(Trainer *t, float *block)
+{
+    for (int i = 0; i < t->n_frozen; i++)
+        t->model.ops->mem_zero(t->model.ctx, block + t->frozen[2 * i], t->frozen[2 * i + 1] * sizeof(float));
+}
+
+/* The settings record of checkpoints (JSON); fails when it does not fit. */
+static int settings_json(const Trainer *t, char *out, size_t cap, Err *err)
+{
+    const TrainSettings *s = &t->s;
+    const char *p[TRAIN_MAX_PREFIXES];
+    cJSON *j = cJSON_CreateObject();
+    ASSERT(j);
+    cJSON_AddNumberToObject(j, "batch", s->batch);
+    int hw[2] = {s->h, s->w};
+    cJSON_AddItemToObject(j, "image_size", cJSON_CreateIntArray(hw, 2));
+    cJSON_AddNumberToObject(j, "lr", s->lr);
+    cJSON_AddNumberToObject(j, "warmup_lr", s->warmup_lr);
+    cJSON_AddNumberToObject(j, "warmup_steps", (double)s->warmup_steps);
+    cJSON_AddNumberToObject(j, "total_steps", (double)s->total_steps);
+    cJSON_AddNumberToObject(j, "ema", s->ema);
+    cJSON_AddNumberToObject(j, "ema_decay", s->ema_decay);
+    cJSON_AddNumberToObject(j, "bn_momentum", s->bn_momentum);
+    cJSON_AddStringToObject(j, "initial_checkpoint", t->initial);
+    cJSON_AddItemToObject(j, "remove_weights",
+                          cJSON_CreateStringArray(p, prefix_list(s->remove_weights, s->n_remove_weights, p)));
+    cJSON_AddStringToObject(j, "pretrained_backbone", s->pretrained_backbone);
+    cJSON_AddItemToObject(j, "freeze_layers", cJSON_CreateStringArray(p, prefix_list(s->freeze, s->n_freeze, p)));
+    cJSON_AddBoolToObject(j, "head_only", s->head_only);
+    char *text = cJSON_PrintUnformatted(j);
+    cJSON_Delete(j);
+    ASSERT(text);
+    int rc = 0;
+    if (strlen(text) >= cap)
+        rc = err_set(err, "the training settings (%zu bytes of JSON) exceed a checkpoint's settings "
+                          "record (%zu): fewer or shorter prefixes or paths", strlen(text), cap - 1);
+    else
+        memcpy(out, text, strlen(text) + 1);
+    free(text);
+    return rc;
+}
+
 int trainer_init(Trainer *t, const TrainSettings *s, const char *device, const char *weights,
                  Err *err)
 {
     memset(t, 0, sizeof *t);
     t->s = *s;
+    if (weights) snprintf(t->initial, sizeof t->initial, "%s", weights);
     int dev;
     const Ops *ops = ops_for_device(device, &dev, err);
     if (!ops || model_config_get(s->model, s->num_classes, &t->cfg, err) != 0) return -1;
     if (model_create(&t->model, &t->cfg, ops, dev, err) != 0) return -1;
     t->model.bn_momentum = (float)s->bn_momentum;
-    int rc = weights ? model_load_weights(&t->model, weights, err)
-                     : model_init_random(&t->model, s->seed, err);
+    uint8_t *frozen = NULL;
+    char json[sizeof ((CheckpointState *)0)->settings];
+    int rc = settings_json(t, json, sizeof json, err);
+    if (rc == 0) rc = check_prefixes(t, err);
+    if (rc == 0) rc = load_weights(t, weights, err);
     if (rc == 0) rc = model_plan(&t->model, s->batch, s->h, s->w, PLAN_TRAIN, err);
     if (rc == 0) rc = anchors_build(&t->anchors, &t->cfg, s->h, s->w, err);
     if (rc == 0) rc = labeler_init(&t->labeler, &t->anchors, t->cfg.num_classes, TRAIN_MAX_BOXES, err);
-    if (rc == 0) rc = alloc_state(t, err);
+    if (rc == 0) rc = freeze_init(t, &frozen, err);
+    if (rc == 0) rc = alloc_state(t, frozen, err);
+    free(frozen);
     if (rc != 0) {
         trainer_free(t);
         return -1;
@@ -121,6 +319,8 @@ void trainer_free(Trainer *t)
         o->mem_free(c, t->decay_mask), o->mem_free(c, t->cls_target), o->mem_free(c, t->box_target);
         o->mem_free(c, t->scalars);
     }
+    free(t->frozen);
+    t->frozen = NULL, t->n_frozen = 0;
     t->momentum = t->ema_params = t->ema_buffers = t->box_target = t->scalars = NULL;
     t->decay_mask = NULL, t->cls_target = NULL;
     free(t->cls_target_host), free(t->box_target_host);
@@ -182,6 +382,7 @@ int trainer_loss_and_grads(Trainer *t, const float *input, const float *boxes,
         return err_set(err, "step %ld: the loss is not finite (class %g, box %g)", t->step,
                        st->class_loss, st->box_loss);
     model_backward(m);
+    zero_frozen(t, m->grads);
     return 0;
 }
 
@@ -246,14 +447,9 @@ int trainer_save(Trainer *t, const char *path, long epoch, Err *err)
     int rc = download_state(t, &cs, err);
     if (rc == 0) {
         cs.step = t->step, cs.epoch = epoch, cs.seed = t->s.seed;
-        snprintf(cs.settings, sizeof cs.settings,
-                 "{\"batch\": %d, \"image_size\": [%d, %d], \"lr\": %.17g, \"warmup_lr\": %.17g, "
-                 "\"warmup_steps\": %ld, \"total_steps\": %ld, \"ema\": %d, \"ema_decay\": %.17g, "
-                 "\"bn_momentum\": %.17g}",
-                 t->s.batch, t->s.h, t->s.w, t->s.lr, t->s.warmup_lr, t->s.warmup_steps,
-                 t->s.total_steps, t->s.ema, t->s.ema_decay, t->s.bn_momentum);
-        rc = checkpoint_write(path, &t->model.table, t->cfg.name, t->cfg.num_classes, &cs, err);
+        rc = settings_json(t, cs.settings, sizeof cs.settings, err);
     }
+    if (rc == 0) rc = checkpoint_write(path, &t->model.table, t->cfg.name, t->cfg.num_classes, &cs, err);
     state_free(&cs);
     return rc;
 }
@@ -269,6 +465,7 @@ int trainer_resume(Trainer *t, const char *path, long *epoch, Err *err)
         o->mem_upload(t->model.ctx, t->model.params, cs.params, pt->n_params * sizeof(float));
         o->mem_upload(t->model.ctx, t->model.buffers, cs.buffers, pt->n_buffers * sizeof(float));
         o->mem_upload(t->model.ctx, t->momentum, cs.momentum, pt->n_params * sizeof(float));
+        zero_frozen(t, t->momentum); /* a checkpoint of a run that trained them */
         if (t->s.ema) {
             o->mem_upload(t->model.ctx, t->ema_params, cs.ema_params, pt->n_params * sizeof(float));
             o->mem_upload(t->model.ctx, t->ema_buffers, cs.ema_buffers, pt->n_buffers * sizeof(float));

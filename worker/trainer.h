@@ -20,6 +20,7 @@
 #include "worker/model/model.h"
 
 enum { TRAIN_MAX_BOXES = 100 }; /* effdet's max_num_instances */
+enum { TRAIN_MAX_PREFIXES = 16, TRAIN_PREFIX_CAP = 112, TRAIN_PATH_CAP = 1024 };
 
 typedef struct TrainSettings {
     char model[32];
@@ -33,6 +34,14 @@ typedef struct TrainSettings {
     double alpha, gamma, delta, box_weight, label_smoothing;
     double bn_momentum;           /* > 0: override effdet's BN momenta (0.1 backbone, 0.01 rest) */
     uint64_t seed;
+    /* Fine-tuning. Prefixes are plain name prefixes ("backbone" freezes every backbone.* tensor);
+     * each must match some tensor of the model. */
+    char freeze[TRAIN_MAX_PREFIXES][TRAIN_PREFIX_CAP]; /* --freeze-layers */
+    int n_freeze;
+    int head_only;                /* --head-only: freeze all but class_net.* and box_net.* */
+    char remove_weights[TRAIN_MAX_PREFIXES][TRAIN_PREFIX_CAP]; /* not read from the initial weights */
+    int n_remove_weights;
+    char pretrained_backbone[TRAIN_PATH_CAP]; /* "" or a backbone file (effdet or timm names) */
 } TrainSettings;
 
 /* Defaults of effdet/automl for a batch: lr 0.08 per 64 images, warm-up from a tenth of it,
@@ -58,11 +67,26 @@ typedef struct Trainer {
     int32_t *cls_target_host, *cls_target;      /* (batch * anchors) */
     float *box_target_host, *box_target;        /* (batch * anchors, 4) */
     float *scalars;                             /* backend: loss[2], sum of squares */
+    size_t *frozen;                             /* (n_frozen, 2) [offset, count) float ranges of
+                                                   frozen parameters in the params block */
+    int n_frozen;
+    char initial[TRAIN_PATH_CAP];               /* the initial weights, for the settings record */
     long step;                                  /* optimizer steps taken */
 } Trainer;
 
-/* weights: a safetensors file (effdet names) to start from, or NULL for effdet-style random init
- * with seed s->seed. */
+/* Starting weights: effdet-style random init with seed s->seed, then, over it, either
+ * - weights (--initial-checkpoint; NULL: none), a safetensors file with effdet names (our
+ *   checkpoints load their EMA weights): every tensor except those under s->remove_weights, and
+ *   except the class head's predict conv when its shape differs (another num_classes), which
+ *   keep their fresh init; any other mismatch is an error naming the tensor; or
+ * - s->pretrained_backbone: the backbone only (params.h ParamLoadOptions.backbone_only).
+ *
+ * Frozen parameters (s->freeze, s->head_only) are never updated: their gradients are zeroed
+ * right after the backward pass, so the clipping norm leaves them out and SGD adds nothing (zero
+ * gradient, no weight decay, momentum stays 0). A BN layer with a frozen tensor is frozen whole
+ * (gamma, beta, running statistics): it runs in inference mode on its running statistics (BnP.
+ * frozen), as NVIDIA's train.py puts frozen layers' BN in eval mode. The EMA still averages frozen
+ * tensors with themselves, which can move them by rounding only. */
 int trainer_init(Trainer *t, const TrainSettings *s, const char *device, const char *weights,
                  Err *err);
 void trainer_free(Trainer *t); /* idempotent */

@@ -61,9 +61,13 @@ check "a non-finite loss stops the run naming the step and image" \
   "[ $rc -eq 1 ] && [ \$(wc -l <'$T/nan.err' | tr -d ' ') -ge 1 ] && grep -q 'not finite' '$T/nan.err' && grep -q 'image id' '$T/nan.err'"
 
 # ---- overfit: 16 synthetic images are learned ----------------------------------------------------
+# 300 steps of batch 16 at 128x128. --bn-momentum 0.1 (effdet's --bn-momentum override): with the
+# BiFPN/head default of 0.01 the running statistics, which evaluation uses, lag a short run
+# (measured: mAP@0.5 0.79 after 400 steps at 0.01, 0.95 after 300 at 0.1).
 "$BIN/effdet" synth --out "$T/s16" --images 16 --seed 1 --size 128x128 --classes 3 >/dev/null
 "$BIN/effdet" train --data "$T/s16" --model tf_efficientdet_d0 --image-size 128x128 --batch-size 16 \
-  --epochs ${OVERFIT_EPOCHS:-150} --lr 0.32 --warmup-epochs 5 --checkpoint-interval 1000 --log-interval 25 \
+  --epochs ${OVERFIT_EPOCHS:-300} --lr 0.64 --warmup-epochs 5 --bn-momentum 0.1 \
+  --checkpoint-interval 1000 --log-interval 50 --eval-interval 100 \
   --output "$T/overfit" >"$T/overfit.log" 2>&1
 map50=$(grep '^eval ' "$T/overfit.log" | tail -1 | sed 's/.*mAP@0.5 \([0-9.]*\).*/\1/')
 echo "overfit: final train-set $(grep '^eval ' "$T/overfit.log" | tail -1)"

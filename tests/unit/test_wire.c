@@ -48,6 +48,14 @@ static void raw_header(Raw *r, size_t n, const char *type, uint64_t version)
     assert_int_equal(msgpack_pack_uint64(&r->pk, version), 0);
 }
 
+/* Starts a message {type, version, key: <the value the caller packs next>}. */
+static void raw_one_field(Raw *r, const char *type, const char *key)
+{
+    raw_init(r);
+    raw_header(r, 1, type, 1);
+    raw_str(r, key);
+}
+
 /* Decoding must fail with a one-line message containing want. */
 static void expect_decode_error(const void *data, size_t len, const WireLimits *lim,
                                 const char *want)
@@ -221,26 +229,20 @@ static void test_bounds(void **state)
     memset(big, 'a', sizeof big - 1);
     big[sizeof big - 1] = '\0';
     /* a str over max_str_bytes, named by its field */
-    raw_init(&r);
-    raw_header(&r, 1, "detections", 1);
-    raw_str(&r, "what");
+    raw_one_field(&r, "detections", "what");
     raw_str(&r, big);
     expect_raw_error(&r, &lim, "message 'detections': field 'what': a str of 4999 bytes is over "
                                "the limit of 4096");
     /* a bin over max_bin_bytes */
     WireLimits small = lim;
     small.max_bin_bytes = 100;
-    raw_init(&r);
-    raw_header(&r, 1, "detections", 1);
-    raw_str(&r, "dets");
+    raw_one_field(&r, "detections", "dets");
     assert_int_equal(msgpack_pack_bin_with_body(&r.pk, big, 101), 0);
     expect_raw_error(&r, &small, "field 'dets': a bin of 101 bytes is over the limit of 100");
     /* the whole message over max_msg_bytes */
     small = lim;
     small.max_msg_bytes = 64;
-    raw_init(&r);
-    raw_header(&r, 1, "detections", 1);
-    raw_str(&r, "dets");
+    raw_one_field(&r, "detections", "dets");
     assert_int_equal(msgpack_pack_bin_with_body(&r.pk, big, 64), 0);
     expect_raw_error(&r, &small, "bytes is over the limit of 64");
     /* too many map entries, too long an array */
@@ -253,25 +255,19 @@ static void test_bounds(void **state)
         assert_int_equal(msgpack_pack_nil(&r.pk), 0);
     }
     expect_raw_error(&r, &lim, "a map of 65 entries is over the limit of 64");
-    raw_init(&r);
-    raw_header(&r, 1, "x", 1);
-    raw_str(&r, "list");
+    raw_one_field(&r, "x", "list");
     assert_int_equal(msgpack_pack_array(&r.pk, 4097), 0);
     for (int k = 0; k < 4097; k++) assert_int_equal(msgpack_pack_nil(&r.pk), 0);
     expect_raw_error(&r, &lim, "field 'list': an array of 4097 entries is over the limit of 4096");
     /* more values than max_objects, each array within its own limit */
     small = lim;
     small.max_objects = 100;
-    raw_init(&r);
-    raw_header(&r, 1, "x", 1);
-    raw_str(&r, "list");
+    raw_one_field(&r, "x", "list");
     assert_int_equal(msgpack_pack_array(&r.pk, 200), 0);
     for (int k = 0; k < 200; k++) assert_int_equal(msgpack_pack_nil(&r.pk), 0);
     expect_raw_error(&r, &small, "more than 100 values");
     /* nesting deeper than max_depth */
-    raw_init(&r);
-    raw_header(&r, 1, "x", 1);
-    raw_str(&r, "deep");
+    raw_one_field(&r, "x", "deep");
     for (int k = 0; k < 8; k++) assert_int_equal(msgpack_pack_array(&r.pk, 1), 0);
     assert_int_equal(msgpack_pack_nil(&r.pk), 0);
     expect_raw_error(&r, &lim, "nested deeper than 8");
@@ -325,9 +321,7 @@ static void test_shapes(void **state)
     raw_header(&r, 0, "two\nlines", 1);
     expect_raw_error(&r, &lim, "message: field 'type' must be 1 to 31 printable ASCII bytes");
     /* outside bytes in an error message are made printable, so it stays one line */
-    raw_init(&r);
-    raw_header(&r, 1, "x", 1);
-    raw_str(&r, "a\nb\x80");
+    raw_one_field(&r, "x", "a\nb\x80");
     assert_int_equal(msgpack_pack_array(&r.pk, 5000), 0);
     expect_raw_error(&r, &lim, "message 'x': field 'a?b?': an array of 5000 entries");
     raw_init(&r);
@@ -335,9 +329,7 @@ static void test_shapes(void **state)
     raw_str(&r, "version");
     assert_int_equal(msgpack_pack_uint64(&r.pk, 1), 0);
     expect_raw_error(&r, &lim, "field 'type' is missing");
-    raw_init(&r);
-    raw_header(&r, 1, "x", 1);
-    raw_str(&r, "type");
+    raw_one_field(&r, "x", "type");
     raw_str(&r, "y");
     expect_raw_error(&r, &lim, "key 'type' appears twice");
     /* empty keys (msgpack-c gives them a NULL pointer: found by fuzz_wire) */
@@ -361,56 +353,46 @@ static void test_shapes(void **state)
     msgpack_sbuffer_destroy(&r.buf);
 }
 
+/* Field key: a tensor map of n_entries whose first two are dtype and a shape of ndim uints
+ * (all `dim`); the caller packs the remaining n_entries - 2. */
+static void raw_tensor_head(Raw *r, const char *key, size_t n_entries, const char *dtype,
+                            size_t ndim, uint64_t dim)
+{
+    raw_str(r, key);
+    assert_int_equal(msgpack_pack_map(&r->pk, n_entries), 0);
+    raw_str(r, "dtype"), raw_str(r, dtype);
+    raw_str(r, "shape");
+    assert_int_equal(msgpack_pack_array(&r->pk, ndim), 0);
+    for (size_t k = 0; k < ndim; k++) assert_int_equal(msgpack_pack_uint64(&r->pk, dim), 0);
+}
+
 static void test_tensor_errors(void **state)
 {
     Raw r;
     raw_init(&r);
     raw_header(&r, 6, "t", 1);
     /* 3 elements of F64 need 24 bytes, 16 given */
-    raw_str(&r, "short");
-    assert_int_equal(msgpack_pack_map(&r.pk, 3), 0);
-    raw_str(&r, "dtype"), raw_str(&r, "F64");
-    raw_str(&r, "shape");
-    assert_int_equal(msgpack_pack_array(&r.pk, 1), 0);
-    assert_int_equal(msgpack_pack_uint64(&r.pk, 3), 0);
+    raw_tensor_head(&r, "short", 3, "F64", 1, 3);
     raw_str(&r, "data");
     assert_int_equal(msgpack_pack_bin_with_body(&r.pk, "0123456789abcdef", 16), 0);
     /* an unknown dtype */
-    raw_str(&r, "dtype");
-    assert_int_equal(msgpack_pack_map(&r.pk, 3), 0);
-    raw_str(&r, "dtype"), raw_str(&r, "F128");
-    raw_str(&r, "shape");
-    assert_int_equal(msgpack_pack_array(&r.pk, 0), 0);
+    raw_tensor_head(&r, "dtype", 3, "F128", 0, 0);
     raw_str(&r, "data");
     assert_int_equal(msgpack_pack_bin_with_body(&r.pk, "", 0), 0);
     /* a shared-memory slot: not in this build */
-    raw_str(&r, "shm");
-    assert_int_equal(msgpack_pack_map(&r.pk, 3), 0);
-    raw_str(&r, "dtype"), raw_str(&r, "U8");
-    raw_str(&r, "shape");
-    assert_int_equal(msgpack_pack_array(&r.pk, 0), 0);
+    raw_tensor_head(&r, "shm", 3, "U8", 0, 0);
     raw_str(&r, "shm");
     assert_int_equal(msgpack_pack_map(&r.pk, 0), 0);
-    /* a negative dimension, and 9 dimensions */
+    /* a negative dimension */
     raw_str(&r, "negdim");
     assert_int_equal(msgpack_pack_map(&r.pk, 2), 0);
     raw_str(&r, "dtype"), raw_str(&r, "U8");
     raw_str(&r, "shape");
     assert_int_equal(msgpack_pack_array(&r.pk, 1), 0);
     assert_int_equal(msgpack_pack_int64(&r.pk, -1), 0);
-    raw_str(&r, "ninedims");
-    assert_int_equal(msgpack_pack_map(&r.pk, 2), 0);
-    raw_str(&r, "dtype"), raw_str(&r, "U8");
-    raw_str(&r, "shape");
-    assert_int_equal(msgpack_pack_array(&r.pk, 9), 0);
-    for (int k = 0; k < 9; k++) assert_int_equal(msgpack_pack_uint64(&r.pk, 1), 0);
-    /* a shape whose product overflows */
-    raw_str(&r, "overflow");
-    assert_int_equal(msgpack_pack_map(&r.pk, 2), 0);
-    raw_str(&r, "dtype"), raw_str(&r, "U8");
-    raw_str(&r, "shape");
-    assert_int_equal(msgpack_pack_array(&r.pk, 3), 0);
-    for (int k = 0; k < 3; k++) assert_int_equal(msgpack_pack_uint64(&r.pk, 1ull << 62), 0);
+    /* 9 dimensions; a shape whose product overflows */
+    raw_tensor_head(&r, "ninedims", 2, "U8", 9, 1);
+    raw_tensor_head(&r, "overflow", 2, "U8", 3, 1ull << 62);
     WireMsg m;
     decode_ok(&m, r.buf.data, r.buf.size);
     WireTensor t;

@@ -2,7 +2,9 @@
  * one backward op per forward op. Activation gradients live in a gradient arena with the same
  * offsets as the activations; every backward op accumulates (kernels/ops.h), so tensors read by
  * several ops (BiFPN nodes, residual inputs, the heads' inputs at every level) sum their
- * gradients without special cases. The network input (activation 0) gets no gradient. */
+ * gradients without special cases. The network input (activation 0) gets no gradient.
+ * A frozen BN layer (BnP.frozen) ran as in inference, so its gradient goes through its running
+ * statistics and its gamma and beta get none (the trainer does not update them). */
 #include <string.h>
 
 #include "shared/check.h"
@@ -78,6 +80,13 @@ static void op_backward(Model *m, const TapeOp *op)
     case TAPE_DWCONV: conv_backward(m, op); break;
     case TAPE_BN: {
         const BnP *bn = op->layer;
+        if (bn->frozen) { /* inference-mode BN (layers.c fwd_bn): dx through the running stats */
+            o->bn_infer_backward(m->ctx, dx_of(m, x), NULL, NULL, dy, act_ptr(m, x),
+                                 m->params + bn->gamma, m->params + bn->beta,
+                                 m->buffers + bn->mean, m->buffers + bn->var, m->cfg.bn_eps,
+                                 op->act, (size_t)x.n * x.h * x.w, x.c);
+            break;
+        }
         o->bn_train_backward(m->ctx, dx_of(m, x), m->grads + bn->gamma, m->grads + bn->beta, dy,
                              act_ptr(m, x), m->params + bn->gamma, m->params + bn->beta,
                              act_ptr(m, op->saved[0]), act_ptr(m, op->saved[1]), op->act,

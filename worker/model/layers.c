@@ -119,21 +119,25 @@ Act4 fwd_bn(Fwd *f, const BnP *bn, Act act, Act4 x)
     ASSERT(x.c == bn->c);
     Act4 y = fwd_take(f, x.n, x.h, x.w, x.c);
     size_t rows = (size_t)x.n * x.h * x.w;
+    /* A training plan takes the saved batch statistics of every BN layer, frozen or not, so that
+     * freezing (BnP.frozen, set by the trainer once the plan exists) never changes the plan; a
+     * frozen layer leaves them unused and runs as in inference (model_backward checks the same
+     * flag). */
     if (f->train) {
         Act4 mean = fwd_take(f, 1, 1, 1, x.c), invstd = fwd_take(f, 1, 1, 1, x.c);
         fwd_use(f, x), fwd_use(f, y), fwd_use(f, mean), fwd_use(f, invstd);
         fwd_record(f, &(TapeOp){.kind = TAPE_BN, .out = y, .in = {x}, .n_in = 1,
                                 .saved = {mean, invstd}, .layer = bn, .act = act});
-        if (!f->dry)
+        if (!f->dry && !bn->frozen)
             f->ops->bn_train_forward(f->ctx, y.p, mean.p, invstd.p, f->buffers + bn->mean,
                                      f->buffers + bn->var, x.p, f->params + bn->gamma,
                                      f->params + bn->beta, f->eps,
                                      f->bn_momentum > 0 ? f->bn_momentum : bn->momentum, act, rows,
                                      x.c);
-        return y;
+    } else {
+        fwd_use(f, x);
     }
-    fwd_use(f, x);
-    if (!f->dry)
+    if (!f->dry && (!f->train || bn->frozen))
         f->ops->bn_infer_forward(f->ctx, y.p, x.p, f->params + bn->gamma, f->params + bn->beta,
                                  f->buffers + bn->mean, f->buffers + bn->var, f->eps, act,
                                  rows, x.c);

@@ -30,6 +30,8 @@ typedef struct BnP {
     size_t mean, var;   /* buffers block */
     int c;
     float momentum;     /* running-stat update: 0.1 in the timm backbone, 0.01 in BiFPN and heads */
+    int frozen;         /* a frozen layer (effdet train --freeze-layers): a training plan runs it as
+                           in inference, on its running statistics, which stay unchanged */
 } BnP;
 
 typedef struct SeP {

@@ -1,4 +1,5 @@
-/* params.c: the parameter table, layout conversion, safetensors loading and random init. */
+/* params.c: the parameter table, layout conversion, safetensors loading (strict, and with the
+ * fine-tuning options of ParamLoadOptions: one code path for both) and random init. */
 #include "worker/model/params.h"
 
 #include <math.h>
@@ -75,85 +76,213 @@ void param_convert(const ParamSpec *s, float *dst, const float *src, int to_ours
                 }
 }
 
-/* Tensors a weights file may hold beyond the model's: effdet's num_batches_tracked counters and,
- * in our checkpoints (worker/checkpoint.h), the optimizer state and whichever of the raw and
- * EMA weights is not being loaded. */
-static int is_ignored_extra(const char *name, const char *prefix)
+int param_name_has_prefix(const char *name, const char *const *prefixes, int n)
+{
+    for (int i = 0; i < n; i++)
+        if (!strncmp(name, prefixes[i], strlen(prefixes[i]))) return 1;
+    return 0;
+}
+
+const char *param_table_unmatched_prefix(const ParamTable *t, const char *const *prefixes, int n)
+{
+    for (int i = 0; i < n; i++) {
+        int hit = 0;
+        for (int j = 0; j < t->count && !hit; j++) hit = param_name_has_prefix(t->specs[j].name, &prefixes[i], 1);
+        if (!hit) return prefixes[i];
+    }
+    return NULL;
+}
+
+static const char BACKBONE[] = "backbone.";
+enum { BACKBONE_LEN = sizeof BACKBONE - 1 };
+
+static int starts_with(const char *s, const char *prefix) { return !strncmp(s, prefix, strlen(prefix)); }
+
+/* How the file names the table's tensors: file name = prefix + (timm ? name minus "backbone."
+ * : name). */
+typedef struct FileNaming {
+    const char *prefix; /* "ema." for a checkpoint with EMA weights, which effdet evaluates */
+    int timm;           /* timm's bare EfficientNet names (backbone loads only) */
+    int backbone_only;
+} FileNaming;
+
+static FileNaming file_naming(const SafeTensors *st, const ParamTable *t, const ParamLoadOptions *o)
+{
+    FileNaming fn = {.prefix = "", .backbone_only = o->backbone_only};
+    const char *first = t->count ? t->specs[0].name : ""; /* backbone.conv_stem.weight */
+    char name[160];
+    snprintf(name, sizeof name, "ema.%s", first);
+    if (st_find(st, name)) fn.prefix = "ema.";
+    else if (o->backbone_only && starts_with(first, BACKBONE) && !st_find(st, first))
+        fn.timm = st_find(st, first + BACKBONE_LEN) != NULL;
+    return fn;
+}
+
+static void file_name_of(const FileNaming *fn, const char *name, char *out, size_t cap)
+{
+    snprintf(out, cap, "%s%s", fn->prefix, fn->timm ? name + BACKBONE_LEN : name);
+}
+
+/* The table name a file tensor stands for, or NULL for tensors a weights file may hold beyond
+ * the model's: effdet's num_batches_tracked counters; in our checkpoints (worker/checkpoint.h)
+ * the optimizer state and whichever of the raw and EMA weights is not being loaded; the rest of
+ * the network in a backbone load, and timm's classifier side. */
+static const char *table_name_of(const FileNaming *fn, const char *name, char *buf, size_t cap)
 {
     const char *suffix = ".num_batches_tracked";
     size_t n = strlen(name), m = strlen(suffix);
-    if (n > m && !strcmp(name + n - m, suffix)) return 1;
-    if (!strncmp(name, "optim.", 6)) return 1;
-    return *prefix ? strncmp(name, prefix, strlen(prefix)) != 0 : 0;
+    if ((n > m && !strcmp(name + n - m, suffix)) || starts_with(name, "optim.")) return NULL;
+    if (!starts_with(name, fn->prefix)) return NULL;
+    name += strlen(fn->prefix);
+    if (fn->timm) {
+        if (starts_with(name, "conv_head.") || starts_with(name, "bn2.") ||
+            starts_with(name, "classifier."))
+            return NULL;
+        snprintf(buf, cap, "%s%s", BACKBONE, name);
+        return buf;
+    }
+    return fn->backbone_only && !starts_with(name, BACKBONE) ? NULL : name;
+}
+
+/* Whether the load reads this tensor of the table. */
+static int wanted(const ParamSpec *s, const ParamLoadOptions *o)
+{
+    if (o->backbone_only && !starts_with(s->name, BACKBONE)) return 0;
+    return !param_name_has_prefix(s->name, o->skip, o->n_skip);
 }
 
 /* One line for a mismatch between file and model, naming the first offender. */
 static int mismatch(Err *err, const char *path, const char *model_name, const char *file_model,
-                    const char *what, const char *name, int others)
+                    const char *what, const char *name, int others, int backbone_only)
 {
     char more[64] = "", hint[160] = "";
     if (others > 0) snprintf(more, sizeof more, " (and %d more)", others);
     if (file_model && strcmp(file_model, model_name))
         snprintf(hint, sizeof hint, "; the file says it holds %s, not %s", file_model, model_name);
+    else if (backbone_only)
+        snprintf(hint, sizeof hint, "; the backbone of another variant?");
     else
         snprintf(hint, sizeof hint, "; weights of another variant or num_classes?");
     return err_set(err, "%s: tensor '%s' %s%s for %s%s", path, name, what, more, model_name, hint);
 }
 
-int param_table_load(const ParamTable *t, const char *path, const char *model_name, float *params,
-                     float *buffers, Err *err)
+/* Missing (wanted by the table, absent from the file) and unexpected (in the file, not in the
+ * table) tensors: one error naming the first. */
+static int check_names(const SafeTensors *st, const ParamTable *t, const ParamLoadOptions *o,
+                       const FileNaming *fn, const char *path, const char *model_name, Err *err)
 {
+    const char *file_model = st_meta(st, "model");
+    char name[160], first_missing[160] = "";
+    int missing = 0, extra = 0;
+    const char *first_extra = NULL;
+    for (int i = 0; i < t->count; i++) {
+        if (!wanted(&t->specs[i], o)) continue;
+        file_name_of(fn, t->specs[i].name, name, sizeof name);
+        if (!st_find(st, name) && !missing++)
+            snprintf(first_missing, sizeof first_missing, "%s", name + strlen(fn->prefix));
+    }
+    for (int i = 0; i < st->count; i++) {
+        const char *n = table_name_of(fn, st->tensors[i].name, name, sizeof name);
+        if (n && !param_table_find(t, n) && !extra++) first_extra = st->tensors[i].name;
+    }
+    if (missing)
+        return mismatch(err, path, model_name, file_model, "is missing", first_missing, missing - 1,
+                        o->backbone_only);
+    if (extra)
+        return mismatch(err, path, model_name, file_model, "is unexpected", first_extra, extra - 1,
+                        o->backbone_only);
+    return 0;
+}
+
+static int same_shape(const StTensor *ft, const ParamSpec *s)
+{
+    if (ft->ndim != s->ndim) return 0;
+    for (int d = 0; d < s->ndim; d++)
+        if (ft->shape[d] != s->shape[d]) return 0;
+    return 1;
+}
+
+static void shape_str(char *out, size_t cap, int ndim, const int64_t *shape)
+{
+    int len = 0;
+    out[0] = '\0';
+    for (int d = 0; d < ndim && len >= 0 && (size_t)len < cap; d++)
+        len += snprintf(out + len, cap - (size_t)len, "%s%lld", d ? "x" : "", (long long)shape[d]);
+}
+
+/* A class-head predict tensor of another num_classes: kept (fresh init) and reported. */
+static int keep_class_head(const StTensor *ft, const ParamSpec *s, const ParamLoadOptions *o,
+                           ParamLoadReport *rep)
+{
+    if (!o->reinit_class_head || !starts_with(s->name, "class_net.predict.") || same_shape(ft, s))
+        return 0;
+    char fs[64], ms[64];
+    shape_str(fs, sizeof fs, ft->ndim, ft->shape);
+    shape_str(ms, sizeof ms, s->ndim, s->shape);
+    size_t len = strlen(rep->reinit);
+    snprintf(rep->reinit + len, sizeof rep->reinit - len, "%s%s (file %s, model %s)",
+             rep->n_reinit ? ", " : "", s->name, fs, ms);
+    rep->n_reinit++;
+    return 1;
+}
+
+int param_table_load_with(const ParamTable *t, const char *path, const char *model_name,
+                          const ParamLoadOptions *opts, float *params, float *buffers,
+                          ParamLoadReport *report, Err *err)
+{
+    ParamLoadOptions none = {0};
+    ParamLoadReport scratch;
+    const ParamLoadOptions *o = opts ? opts : &none;
+    ParamLoadReport *rep = report ? report : &scratch;
+    memset(rep, 0, sizeof *rep);
+    const char *unmatched = param_table_unmatched_prefix(t, o->skip, o->n_skip);
+    if (unmatched)
+        return err_set(err, "%s: prefix '%s' of the tensors not to load matches no tensor of %s",
+                       path, unmatched, model_name);
     SafeTensors st;
     if (st_open(&st, path, err) != 0) return -1;
     const char *file_model = st_meta(&st, "model");
-    int rc = -1, missing = 0, extra = 0;
-    const char *first_missing = NULL, *first_extra = NULL;
-    /* A checkpoint with EMA weights is loaded through them, as effdet evaluates the EMA model. */
-    char name[160];
-    snprintf(name, sizeof name, "ema.%s", t->count ? t->specs[0].name : "");
-    const char *prefix = st_find(&st, name) ? "ema." : "";
-    size_t plen = strlen(prefix);
-    for (int i = 0; i < t->count; i++) {
-        snprintf(name, sizeof name, "%s%s", prefix, t->specs[i].name);
-        if (!st_find(&st, name) && !missing++) first_missing = t->specs[i].name;
-    }
-    for (int i = 0; i < st.count; i++) {
-        const char *n = st.tensors[i].name;
-        if (is_ignored_extra(n, prefix)) continue;
-        if (!param_table_find(t, n + plen) && !extra++) first_extra = n;
-    }
-    if (missing) {
-        mismatch(err, path, model_name, file_model, "is missing", first_missing, missing - 1);
-        goto done;
-    }
-    if (extra) {
-        mismatch(err, path, model_name, file_model, "is unexpected", first_extra, extra - 1);
-        goto done;
-    }
-    size_t max_count = 0;
+    FileNaming fn = file_naming(&st, t, o);
+    rep->timm_names = fn.timm;
+    int rc = -1;
+    float *tmp = NULL;
+    if (check_names(&st, t, o, &fn, path, model_name, err) != 0) goto done;
+    size_t max_count = 1;
     for (int i = 0; i < t->count; i++)
         if (t->specs[i].count > max_count) max_count = t->specs[i].count;
-    float *tmp = malloc(max_count * sizeof(float));
+    tmp = malloc(max_count * sizeof(float));
     if (!tmp) {
         err_set(err, "%s: out of memory", path);
         goto done;
     }
     for (int i = 0; i < t->count; i++) {
         const ParamSpec *s = &t->specs[i];
-        snprintf(name, sizeof name, "%s%s", prefix, s->name);
+        char name[160];
+        if (!wanted(s, o)) {
+            rep->skipped++;
+            continue;
+        }
+        file_name_of(&fn, s->name, name, sizeof name);
+        if (keep_class_head(st_find(&st, name), s, o, rep)) continue;
         if (st_read_f32(&st, name, s->ndim, s->shape, tmp, err) != 0) {
             if (file_model && strcmp(file_model, model_name))
                 err_wrap(err, "(file holds %s, model is %s) ", file_model, model_name);
-            free(tmp);
             goto done;
         }
         param_convert(s, (param_is_buffer(s->kind) ? buffers : params) + s->offset, tmp, 1);
+        rep->loaded++;
     }
-    free(tmp);
     rc = 0;
 done:
+    free(tmp);
     st_close(&st);
     return rc;
+}
+
+int param_table_load(const ParamTable *t, const char *path, const char *model_name, float *params,
+                     float *buffers, Err *err)
+{
+    return param_table_load_with(t, path, model_name, NULL, params, buffers, NULL, err);
 }
 
 static int is_class_prior_bias(const ParamSpec *s)

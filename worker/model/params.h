@@ -68,6 +68,43 @@ void param_convert(const ParamSpec *s, float *dst, const float *src, int to_ours
 int param_table_load(const ParamTable *t, const char *path, const char *model_name, float *params,
                      float *buffers, Err *err);
 
+/* Name prefixes (plain string prefixes: "class_net.predict" matches
+ * "class_net.predict.conv_pw.bias"). */
+int param_name_has_prefix(const char *name, const char *const *prefixes, int n);
+/* The first of prefixes that starts no tensor name of the table (parameters or BN statistics), or
+ * NULL when each matches some tensor. */
+const char *param_table_unmatched_prefix(const ParamTable *t, const char *const *prefixes, int n);
+
+/* Fine-tuning loads (effdet train --initial-checkpoint, --remove-weights, --pretrained-backbone).
+ * Tensors the load does not read keep whatever the blocks held (the caller's fresh
+ * initialisation). A zero ParamLoadOptions is param_table_load's strict behaviour. */
+typedef struct ParamLoadOptions {
+    const char *const *skip; /* name prefixes not loaded; each must match some tensor */
+    int n_skip;
+    /* Only backbone.* is loaded (the rest keep their values), from an effdet file (any other
+     * tensors ignored) or from timm's bare EfficientNet names ("conv_stem.weight",
+     * "blocks.0.0.conv_dw.weight", "bn1.weight"), whose classifier side (conv_head.*, bn2.*,
+     * classifier.*) is ignored. Every backbone tensor must be in the file. */
+    int backbone_only;
+    /* class_net.predict.* tensors whose shape differs from the file's (another num_classes) keep
+     * their values instead of being an error. A shape mismatch anywhere else stays one. */
+    int reinit_class_head;
+} ParamLoadOptions;
+
+/* What a load did, for the caller's log. */
+typedef struct ParamLoadReport {
+    int loaded, skipped; /* tensors read; tensors left as they were (skip, backbone_only) */
+    int timm_names;      /* the file used timm's bare EfficientNet names */
+    int n_reinit;        /* class_net.predict.* tensors kept because their shapes differ */
+    char reinit[256];    /* their names and shapes, e.g. "class_net.predict.conv_pw.bias (file 810,
+                            model 27)" */
+} ParamLoadReport;
+
+/* param_table_load with options; report may be NULL. */
+int param_table_load_with(const ParamTable *t, const char *path, const char *model_name,
+                          const ParamLoadOptions *opts, float *params, float *buffers,
+                          ParamLoadReport *report, Err *err);
+
 /* Deterministic initialisation for tests and benchmarks (effdet-like scales): conv weights
  * N(0, 1/fan_in), biases 0 except the class head's prior -4.595, BN weight 1 and bias 0, running
  * mean 0 and var 1, edge weights 1. */
