@@ -44,7 +44,7 @@ for f in "$T"/chaos/checkpoint-*.safetensors; do
   [ -e "$f" ] || continue
   n=$((n + 1))
   step=$(basename "$f" | tr -dc 0-9)
-  small --epochs $((step / 2)) --output "$T/verify" --resume "$f" >/dev/null 2>"$T/verify.err" || { badck=$((badck + 1)); cat "$T/verify.err"; }
+  small --epochs $((step / 2)) --output "$T/verify" --resume="$f" >/dev/null 2>"$T/verify.err" || { badck=$((badck + 1)); cat "$T/verify.err"; }
 done
 check "every checkpoint left by 6 SIGKILLs loads ($n files)" "[ $n -gt 0 ] && [ $badck -eq 0 ]"
 
@@ -55,23 +55,32 @@ for _ in $(seq 1 600); do [ -e "$T/int/checkpoint-2.safetensors" ] && break; sle
 kill -INT $pid; wait $pid; rc=$?
 check "SIGINT exits 130 after writing a checkpoint" "[ $rc -eq 130 ] && grep -q 'stopped by signal 2' '$T/int.log'"
 
-# ---- divergence is one clear line naming the step and an image ----------------------------------
-small --epochs 20 --lr 1e6 --warmup-epochs 0 --output "$T/nan" >/dev/null 2>"$T/nan.err"; rc=$?
-check "a non-finite loss stops the run naming the step and image" \
-  "[ $rc -eq 1 ] && [ \$(wc -l <'$T/nan.err' | tr -d ' ') -ge 1 ] && grep -q 'not finite' '$T/nan.err' && grep -q 'image id' '$T/nan.err'"
+# ---- a non-finite loss is one clear line naming the step and an image ---------------------------
+# Weights with an infinite class bias make every logit infinite (the kind of blow-up a bad learning
+# rate or a corrupt checkpoint gives).
+"$BIN/../tests/tools/st_set" "$T/straight/checkpoint-8.safetensors" "$T/poisoned.safetensors" \
+  ema.class_net.predict.conv_pw.bias inf || bad "st_set"
+small --epochs 2 --initial-checkpoint "$T/poisoned.safetensors" --output "$T/nan" >/dev/null 2>"$T/nan.err"; rc=$?
+check "a non-finite loss stops the run with one line naming the step and image: $(cat "$T/nan.err")" \
+  "[ $rc -eq 1 ] && [ \$(grep -vc 'info:' '$T/nan.err') -eq 1 ] && grep -q 'not finite' '$T/nan.err' && grep -q 'image id' '$T/nan.err'"
 
 # ---- overfit: 16 synthetic images are learned ----------------------------------------------------
 # 300 steps of batch 16 at 128x128. --bn-momentum 0.1 (effdet's --bn-momentum override): with the
 # BiFPN/head default of 0.01 the running statistics, which evaluation uses, lag a short run
 # (measured: mAP@0.5 0.79 after 400 steps at 0.01, 0.95 after 300 at 0.1).
-"$BIN/effdet" synth --out "$T/s16" --images 16 --seed 1 --size 128x128 --classes 3 >/dev/null
-"$BIN/effdet" train --data "$T/s16" --model tf_efficientdet_d0 --image-size 128x128 --batch-size 16 \
-  --epochs ${OVERFIT_EPOCHS:-300} --lr 0.64 --warmup-epochs 5 --bn-momentum 0.1 \
-  --checkpoint-interval 1000 --log-interval 50 --eval-interval 100 \
-  --output "$T/overfit" >"$T/overfit.log" 2>&1
-map50=$(grep '^eval ' "$T/overfit.log" | tail -1 | sed 's/.*mAP@0.5 \([0-9.]*\).*/\1/')
-echo "overfit: final train-set $(grep '^eval ' "$T/overfit.log" | tail -1)"
-check "overfit: train-set mAP@0.5 ${map50:-none} >= 0.9" "awk 'BEGIN { exit !(\"${map50:-0}\" + 0 >= 0.9) }'"
+if [ "${SAN:-}" = 1 ]; then
+  echo "skip overfit under the sanitizers (a convergence check; the steps above cover memory safety)"
+else
+  "$BIN/effdet" synth --out "$T/s16" --images 16 --seed 1 --size 128x128 --classes 3 >/dev/null
+  "$BIN/effdet" train --data "$T/s16" --model tf_efficientdet_d0 --image-size 128x128 --batch-size 16 \
+    --epochs ${OVERFIT_EPOCHS:-300} --lr 0.64 --warmup-epochs 5 --bn-momentum 0.1 \
+    --checkpoint-interval 1000 --log-interval 50 --eval-interval 100 \
+    --output "$T/overfit" >"$T/overfit.log" 2>&1
+  map50=$(grep '^eval ' "$T/overfit.log" | tail -1 | sed 's/.*mAP@0.5 \([0-9.]*\).*/\1/')
+  echo "overfit: final train-set $(grep '^eval ' "$T/overfit.log" | tail -1)"
+  check "overfit: train-set mAP@0.5 ${map50:-none} >= 0.9" "awk 'BEGIN { exit !(\"${map50:-0}\" + 0 >= 0.9) }'"
+
+fi
 
 echo "train_cli: $fails failed"
 [ "$fails" -eq 0 ]
