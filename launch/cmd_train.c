@@ -4,7 +4,7 @@
  *   effdet train --data DIR | --ann FILE --images DIR  --model NAME [--num-classes N]
  *     [--image-size HxW] [--batch-size B] [--epochs E] [--lr LR] [--warmup-epochs W]
  *     [--model-ema | --no-model-ema] [--model-ema-decay D] [--seed S] [--output DIR]
- *     [--resume [FILE]] [--initial-checkpoint FILE] [--keep K] [--eval-interval E]
+ *     [--resume PATH] [--initial-checkpoint FILE] [--keep K] [--eval-interval E]
  *     [--skip-bad-images] [--log-interval N] [--checkpoint-interval E] [--bn-momentum M]
  *     [--remove-weights PREFIX...] [--freeze-layers PREFIX...] [--head-only]
  *     [--pretrained-backbone FILE] [--device D]
@@ -23,6 +23,7 @@
  * OUTPUT/checkpoint-<step>.safetensors; the
  * newest --keep are kept, and the best evaluation as OUTPUT/model_best.safetensors. SIGINT or
  * SIGTERM: the step in flight finishes, a checkpoint is written, the process exits 130; --resume
+ * PATH (a checkpoint, or the run directory for its newest checkpoint)
  * continues exactly (same weights, EMA, momentum and data order as a run never stopped).
  * The multi-process pipeline (loaders, augmenters, workers, evaluator) replaces this loop. */
 #include <errno.h>
@@ -44,7 +45,7 @@
 static const char *USAGE =
     "effdet train --data DIR | --ann FILE --images DIR --model NAME [--num-classes N] "
     "[--image-size HxW] [--batch-size B] [--epochs E] [--lr LR] [--warmup-epochs W] "
-    "[--no-model-ema] [--model-ema-decay D] [--seed S] [--output DIR] [--resume [FILE]] "
+    "[--no-model-ema] [--model-ema-decay D] [--seed S] [--output DIR] [--resume PATH] "
     "[--initial-checkpoint FILE] [--keep K] [--eval-interval E] [--skip-bad-images] "
     "[--log-interval N] [--checkpoint-interval E] [--bn-momentum M] [--remove-weights PREFIX...] "
     "[--freeze-layers PREFIX...] [--head-only] [--pretrained-backbone FILE] [--device D]";
@@ -57,7 +58,7 @@ typedef struct TrainArgs {
     const char *data, *ann, *images, *model, *output, *resume, *initial, *device, *backbone;
     long num_classes, batch, epochs, seed, keep, eval_interval, log_interval, ckpt_interval;
     double lr, warmup_epochs, ema_decay, bn_momentum;
-    int h, w, ema, resume_latest, skip_bad, head_only;
+    int h, w, ema, skip_bad, head_only;
     const char *freeze[TRAIN_MAX_PREFIXES], *remove[TRAIN_MAX_PREFIXES];
     int n_freeze, n_remove;
     char ann_buf[1024];
@@ -90,7 +91,7 @@ static int parse(int argc, char **argv, TrainArgs *a, Err *err)
         {"lr", required_argument, 0, 'l'}, {"warmup-epochs", required_argument, 0, 'W'},
         {"model-ema", no_argument, 0, O_EMA}, {"no-model-ema", no_argument, 0, O_NOEMA},
         {"model-ema-decay", required_argument, 0, 'E'}, {"seed", required_argument, 0, 'S'},
-        {"output", required_argument, 0, 'o'}, {"resume", optional_argument, 0, 'r'},
+        {"output", required_argument, 0, 'o'}, {"resume", required_argument, 0, 'r'},
         {"initial-checkpoint", required_argument, 0, 'i'}, {"keep", required_argument, 0, 'k'},
         {"eval-interval", required_argument, 0, 'v'}, {"skip-bad-images", no_argument, 0, O_SKIP},
         {"log-interval", required_argument, 0, 'L'}, {"device", required_argument, 0, 'd'},
@@ -124,7 +125,7 @@ static int parse(int argc, char **argv, TrainArgs *a, Err *err)
         case 'E': if (cli_parse_float("--model-ema-decay", optarg, 0, 1, &a->ema_decay, err)) return -1; break;
         case 'S': if (cli_parse_int("--seed", optarg, 0, 1L << 62, &a->seed, err)) return -1; break;
         case 'o': a->output = optarg; break;
-        case 'r': a->resume = optarg, a->resume_latest = !optarg; break;
+        case 'r': a->resume = optarg; break;
         case 'i': a->initial = optarg; break;
         case 'k': if (cli_parse_int("--keep", optarg, 1, 1000, &a->keep, err)) return -1; break;
         case 'v': if (cli_parse_int("--eval-interval", optarg, 0, 1000000, &a->eval_interval, err)) return -1; break;
@@ -306,11 +307,14 @@ int cmd_train(int argc, char **argv)
     }
     if (run_init(&r, &err) != 0) goto fail;
     char latest[1200];
+    /* --resume PATH: a checkpoint file, or a run directory whose newest checkpoint is taken (none
+     * yet: a fresh start, so the same command line both starts and continues a run). */
     const char *resume = r.a.resume;
-    if (r.a.resume_latest) {
-        checkpoint_latest(r.a.output, latest, sizeof latest);
+    struct stat sb;
+    if (resume && stat(resume, &sb) == 0 && S_ISDIR(sb.st_mode)) {
+        checkpoint_latest(r.a.resume, latest, sizeof latest);
+        if (!latest[0]) log_info("--resume: no checkpoint in %s yet, starting from scratch", r.a.resume);
         resume = latest[0] ? latest : NULL;
-        if (!resume) log_info("--resume: no checkpoint in %s, starting from scratch", r.a.output);
     }
     if (resume) {
         long epoch;
@@ -327,7 +331,10 @@ int cmd_train(int argc, char **argv)
         run_free(&r);
         return 130;
     }
-    if (r.a.eval_interval == 0 && evaluate(&r, r.t.step / spe, &err) != 0) goto fail;
+    /* The final weights are always evaluated, unless the last epoch's evaluation just did. */
+    long epochs_done = r.t.step / spe;
+    int evaluated = r.a.eval_interval && epochs_done % r.a.eval_interval == 0;
+    if (!evaluated && evaluate(&r, epochs_done, &err) != 0) goto fail;
     run_free(&r);
     return 0;
 fail:

@@ -227,13 +227,17 @@ static int freeze_init(Trainer *t, uint8_t **mask, Err *err)
     }
     int n_bn = freeze_bn_layers(t, frozen, frozen_buffers);
     free(frozen_buffers);
+    if (n_bn && !t->model.ops->bn_infer_backward) {
+        free(frozen);
+        return err_set(err, "the %s backend cannot train with frozen BN layers yet", t->model.ops->name);
+    }
     size_t n_floats = 0;
     if (frozen_ranges(t, frozen, &n_floats, err) != 0) {
         free(frozen);
         return -1;
     }
-    log_info("frozen: %zu of %zu parameters (%d ranges), %d BN layers on running statistics",
-             n_floats, model_count_params(&t->model), t->n_frozen, n_bn);
+    log_info("frozen: %zu of %zu parameters (%d range%s), %d BN layers on running statistics",
+             n_floats, model_count_params(&t->model), t->n_frozen, t->n_frozen == 1 ? "" : "s", n_bn);
     *mask = frozen;
     return 0;
 }

@@ -27,14 +27,14 @@ small_bg "$T/killed.log" --epochs 4 --output "$T/killed"
 pid=$!
 for _ in $(seq 1 600); do [ -e "$T/killed/checkpoint-4.safetensors" ] && break; sleep 0.05; done
 kill -9 $pid 2>/dev/null; wait $pid 2>/dev/null
-small --epochs 4 --output "$T/killed" --resume >"$T/resumed.log" 2>&1 || bad "resumed run: $(tail -2 "$T/resumed.log")"
+small --epochs 4 --output "$T/killed" --resume "$T/killed" >"$T/resumed.log" 2>&1 || bad "resumed run: $(tail -2 "$T/resumed.log")"
 check "resume after SIGKILL equals the straight run bit for bit (step 8 checkpoint)" \
   "cmp -s '$T/straight/checkpoint-8.safetensors' '$T/killed/checkpoint-8.safetensors'"
 check "the resumed run started from a checkpoint" "grep -q 'resumed from' '$T/resumed.log'"
 
 # ---- SIGKILL at random moments never leaves a bad checkpoint -------------------------------------
 for i in 1 2 3 4 5 6; do
-  small_bg /dev/null --epochs 50 --keep 50 --output "$T/chaos" --resume
+  small_bg /dev/null --epochs 50 --keep 50 --output "$T/chaos" --resume "$T/chaos"
   pid=$!
   sleep "$((RANDOM % 3 + 1)).$((RANDOM % 10))"
   kill -9 $pid 2>/dev/null; wait $pid 2>/dev/null

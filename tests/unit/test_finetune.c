@@ -7,7 +7,8 @@
  *    matching nothing is an error naming it;
  *  - freeze and head_only: frozen parameters bit-identical after 3 steps with momentum 0 while the
  *    others change, frozen BN layers' running statistics unchanged, a BN layer named by one of its
- *    statistics frozen whole, the prefixes in the checkpoint's settings;
+ *    statistics frozen whole, the prefixes in the checkpoint's settings; the gradient through
+ *    frozen BN layers (running statistics) against central differences;
  *  - pretrained_backbone: timm's bare EfficientNet names (with the classifier side and
  *    num_batches_tracked present) and effdet names load exactly the backbone; a missing tensor is
  *    an error naming it.
@@ -267,33 +268,36 @@ static void test_remove_weights(void **state)
     weights_free(&got), weights_free(&fresh), weights_free(&file);
 }
 
-/* Frozen: bit-identical after 3 steps, momentum 0; the rest: every conv weight moved, and the
- * running statistics of BN layers that are not frozen. */
-static void expect_frozen(Trainer *t, const Weights *before, int (*frozen)(const char *name))
+/* Starts t with s and runs 3 steps. Frozen: bit-identical, momentum 0; the rest: every conv
+ * weight moved, and the running statistics of BN layers that are not frozen. */
+static void train_expect_frozen(Trainer *t, const TrainSettings *s, int (*frozen)(const char *name))
 {
-    Weights after;
+    Weights before, after;
+    init_ok(t, s, NULL);
+    download(t, &before);
+    run_steps(t, 3);
     download(t, &after);
     size_t n = t->model.table.n_params;
     float *mom = malloc(n * sizeof(float));
     t->model.ops->mem_download(t->model.ctx, mom, t->momentum, n * sizeof(float));
     int n_frozen = 0, n_moved = 0;
     for (int i = 0; i < after.desc.table.count; i++) {
-        const ParamSpec *s = &after.desc.table.specs[i];
-        int same = tensor_equal(&after, before, s->name);
-        if (frozen(s->name)) {
-            if (!same) fail_msg("%s is frozen but changed", s->name);
-            for (size_t k = 0; !param_is_buffer(s->kind) && k < s->count; k++)
-                if (mom[s->offset + k] != 0.0f) fail_msg("%s is frozen but has momentum %g", s->name, mom[s->offset + k]);
+        const ParamSpec *p = &after.desc.table.specs[i];
+        int same = tensor_equal(&after, &before, p->name);
+        if (frozen(p->name)) {
+            if (!same) fail_msg("%s is frozen but changed", p->name);
+            for (size_t k = 0; !param_is_buffer(p->kind) && k < p->count; k++)
+                if (mom[p->offset + k] != 0.0f) fail_msg("%s is frozen but has momentum %g", p->name, mom[p->offset + k]);
             n_frozen++;
-        } else if (s->kind == PARAM_CONV_WEIGHT || s->kind == PARAM_BN_MEAN || s->kind == PARAM_BN_VAR) {
-            if (same) fail_msg("%s is trained but did not change", s->name);
+        } else if (p->kind == PARAM_CONV_WEIGHT || p->kind == PARAM_BN_MEAN || p->kind == PARAM_BN_VAR) {
+            if (same) fail_msg("%s is trained but did not change", p->name);
             n_moved++;
         }
     }
     print_message("%d frozen tensors unchanged, %d trained tensors moved\n", n_frozen, n_moved);
     assert_true(n_frozen > 0 && n_moved > 0);
     free(mom);
-    weights_free(&after);
+    weights_free(&after), weights_free(&before);
 }
 
 static int frozen_by_prefixes(const char *name)
@@ -312,11 +316,7 @@ static void test_freeze_layers(void **state)
     add_prefix(s.freeze, &s.n_freeze, "backbone.bn1.running_var");
     add_prefix(s.freeze, &s.n_freeze, "box_net.bn_rep.1.");
     Trainer t;
-    Weights before;
-    init_ok(&t, &s, NULL);
-    download(&t, &before);
-    run_steps(&t, 3);
-    expect_frozen(&t, &before, frozen_by_prefixes);
+    train_expect_frozen(&t, &s, frozen_by_prefixes);
     /* The prefixes are in the checkpoint's settings. */
     char path[256];
     Err err;
@@ -328,7 +328,6 @@ static void test_freeze_layers(void **state)
         fail_msg("settings: %s", rec ? rec : "(none)");
     st_close(&st);
     trainer_free(&t);
-    weights_free(&before);
     add_prefix(s.freeze, &s.n_freeze, "fpn.nope");
     init_fails(&s, NULL, "--freeze-layers: 'fpn.nope' matches no tensor");
 }
@@ -340,11 +339,12 @@ static void test_frozen_bn_gradient(void **state)
 {
     TrainSettings s;
     settings(&s, 3);
-    if (!getenv("NOFREEZE")) add_prefix(s.freeze, &s.n_freeze, "backbone.bn1.");
-    if (!getenv("NOFREEZE")) add_prefix(s.freeze, &s.n_freeze, "backbone.blocks.0.0.bn1.");
+    add_prefix(s.freeze, &s.n_freeze, "backbone.bn1.");
+    add_prefix(s.freeze, &s.n_freeze, "backbone.blocks.0.0.bn1.");
     Trainer t;
     init_ok(&t, &s, NULL);
-    /* Running statistics unlike a fresh init's (0, 1), so using them is visible. */
+    /* Running statistics of 4..8 (means and variances), far from the batch's, so that the
+     * gradient through them differs clearly from the batch-statistics one. */
     Weights w;
     download(&t, &w);
     for (size_t i = 0; i < t.model.table.n_buffers; i++) w.buffers[i] = 4.0f + (float)(i % 5);
@@ -368,17 +368,24 @@ static void test_frozen_bn_gradient(void **state)
     double norm = 0;
     for (size_t i = 0; i < stem->count; i++) norm += (double)g[i] * g[i];
     norm = sqrt(norm);
-    double h = 5e-6, loss[2];
-    for (int k = 0; k < 2; k++) {
-        for (size_t i = 0; i < stem->count; i++)
-            p[i] = w.params[stem->offset + i] + (float)((k ? -h : h) * g[i] / norm);
-        t.model.ops->mem_upload(t.model.ctx, t.model.params + stem->offset, p, stem->count * sizeof(float));
-        if (trainer_loss_and_grads(&t, b->input, b->boxes, b->classes, NULL, M, &st, &err) != 0) fail_msg("%s", err.msg);
-        loss[k] = st.loss;
+    /* Max pools and the Huber loss make the loss piecewise smooth: average three step sizes. */
+    const double hs[3] = {1e-4, 3e-5, 1e-5};
+    double fd = 0;
+    for (int j = 0; j < 3; j++) {
+        double loss[2];
+        for (int k = 0; k < 2; k++) {
+            for (size_t i = 0; i < stem->count; i++)
+                p[i] = w.params[stem->offset + i] + (float)((k ? -hs[j] : hs[j]) * g[i] / norm);
+            t.model.ops->mem_upload(t.model.ctx, t.model.params + stem->offset, p, stem->count * sizeof(float));
+            if (trainer_loss_and_grads(&t, b->input, b->boxes, b->classes, NULL, M, &st, &err) != 0)
+                fail_msg("%s", err.msg);
+            loss[k] = st.loss;
+        }
+        fd += (loss[0] - loss[1]) / (2 * hs[j]) / 3;
     }
-    double fd = (loss[0] - loss[1]) / (2 * h);
+    /* Batch-statistics BN there would give about twice this gradient (290 vs 135): 10% tells. */
     print_message("directional derivative: backward %.6g, central differences %.6g\n", norm, fd);
-    assert_true(fabs(fd - norm) <= 0.02 * norm);
+    assert_true(fabs(fd - norm) <= 0.1 * norm);
     free(g), free(p), free(b);
     weights_free(&w);
     trainer_free(&t);
@@ -392,13 +399,8 @@ static void test_head_only(void **state)
     settings(&s, 3);
     s.head_only = 1;
     Trainer t;
-    Weights before;
-    init_ok(&t, &s, NULL);
-    download(&t, &before);
-    run_steps(&t, 3);
-    expect_frozen(&t, &before, not_head);
+    train_expect_frozen(&t, &s, not_head);
     trainer_free(&t);
-    weights_free(&before);
 }
 
 static void test_pretrained_backbone(void **state)
