@@ -47,7 +47,7 @@ static const char *USAGE =
     "[--image-size HxW] [--batch-size B] [--epochs E] [--lr LR] [--warmup-epochs W] "
     "[--no-model-ema] [--model-ema-decay D] [--seed S] [--output DIR] [--resume PATH] "
     "[--initial-checkpoint FILE] [--keep K] [--eval-interval E] [--skip-bad-images] "
-    "[--log-interval N] [--checkpoint-interval E] [--bn-momentum M] [--remove-weights PREFIX...] "
+    "[--log-interval N] [--checkpoint-interval E] [--bn-momentum M] [--smoothing S] [--remove-weights PREFIX...] "
     "[--freeze-layers PREFIX...] [--head-only] [--pretrained-backbone FILE] [--device D]";
 
 /* The one piece of global state STYLE allows: set by the signal handler, read between steps. */
@@ -57,7 +57,7 @@ static void on_signal(int sig) { stop_requested = sig; }
 typedef struct TrainArgs {
     const char *data, *ann, *images, *model, *output, *resume, *initial, *device, *backbone;
     long num_classes, batch, epochs, seed, keep, eval_interval, log_interval, ckpt_interval;
-    double lr, warmup_epochs, ema_decay, bn_momentum;
+    double lr, warmup_epochs, ema_decay, bn_momentum, smoothing;
     int h, w, ema, skip_bad, head_only;
     const char *freeze[TRAIN_MAX_PREFIXES], *remove[TRAIN_MAX_PREFIXES];
     int n_freeze, n_remove;
@@ -97,6 +97,7 @@ static int parse(int argc, char **argv, TrainArgs *a, Err *err)
         {"log-interval", required_argument, 0, 'L'}, {"device", required_argument, 0, 'd'},
         {"checkpoint-interval", required_argument, 0, 'c'},
         {"bn-momentum", required_argument, 0, 'B'},
+        {"smoothing", required_argument, 0, 'Z'},
         {"remove-weights", required_argument, 0, O_REMOVE},
         {"freeze-layers", required_argument, 0, O_FREEZE},
         {"head-only", no_argument, 0, O_HEAD_ONLY},
@@ -132,6 +133,7 @@ static int parse(int argc, char **argv, TrainArgs *a, Err *err)
         case O_SKIP: a->skip_bad = 1; break;
         case 'L': if (cli_parse_int("--log-interval", optarg, 1, 1000000, &a->log_interval, err)) return -1; break;
         case 'd': a->device = optarg; break;
+        case 'Z': if (cli_parse_float("--smoothing", optarg, 0, 1, &a->smoothing, err)) return -1; break;
         case 'B': if (cli_parse_float("--bn-momentum", optarg, 1e-6, 1, &a->bn_momentum, err)) return -1; break;
         case 'c': if (cli_parse_int("--checkpoint-interval", optarg, 1, 1000000, &a->ckpt_interval, err)) return -1; break;
         case O_REMOVE: if (parse_list("--remove-weights", argc, argv, a->remove, &a->n_remove, err)) return -1; break;
@@ -197,6 +199,7 @@ static int run_init(Run *r, Err *err)
     s.total_steps = a->epochs * (long)r->steps_per_epoch;
     s.ema = a->ema, s.ema_decay = a->ema_decay, s.seed = (uint64_t)a->seed;
     s.bn_momentum = a->bn_momentum;
+    s.label_smoothing = a->smoothing;
     for (int i = 0; i < a->n_freeze; i++) snprintf(s.freeze[i], sizeof s.freeze[i], "%s", a->freeze[i]);
     for (int i = 0; i < a->n_remove; i++)
         snprintf(s.remove_weights[i], sizeof s.remove_weights[i], "%s", a->remove[i]);

@@ -265,6 +265,7 @@ static int settings_json(const Trainer *t, char *out, size_t cap, Err *err)
     cJSON_AddNumberToObject(j, "ema", s->ema);
     cJSON_AddNumberToObject(j, "ema_decay", s->ema_decay);
     cJSON_AddNumberToObject(j, "bn_momentum", s->bn_momentum);
+    cJSON_AddNumberToObject(j, "label_smoothing", s->label_smoothing);
     cJSON_AddStringToObject(j, "initial_checkpoint", t->initial);
     cJSON_AddItemToObject(j, "remove_weights",
                           cJSON_CreateStringArray(p, prefix_list(s->remove_weights, s->n_remove_weights, p)));
