@@ -14,33 +14,13 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "tests/support/tmpdir.h"
 #include "augment/resize.h"
 #include "loader/dataset.h"
 #include "loader/synth.h"
 #include "loader/train_sample.h"
 
-typedef struct Fixture {
-    char dir[64];
-} Fixture;
-
-static int setup(void **state)
-{
-    Fixture *f = calloc(1, sizeof *f);
-    strcpy(f->dir, "/tmp/effdet_test_dataset_XXXXXX");
-    if (!mkdtemp(f->dir)) return -1;
-    *state = f;
-    return 0;
-}
-
-static int teardown(void **state)
-{
-    Fixture *f = *state;
-    char cmd[128];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", f->dir);
-    int rc = system(cmd);
-    free(f);
-    return rc == 0 ? 0 : -1;
-}
+typedef TmpDir Fixture;
 
 /* Writes dir/ann.json with every ' of text turned into "; returns its path (static buffer). */
 static const char *write_json(const char *dir, const char *text)
@@ -530,20 +510,20 @@ static void test_corrupt_image(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test_setup_teardown(test_index_contiguous_labels, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_ids_as_labels, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_clip_and_drop, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_instance_limit, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_bad_files, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_letterbox_scale, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_flip, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_index_contiguous_labels, tmpdir_setup, tmpdir_teardown),
+        cmocka_unit_test_setup_teardown(test_ids_as_labels, tmpdir_setup, tmpdir_teardown),
+        cmocka_unit_test_setup_teardown(test_clip_and_drop, tmpdir_setup, tmpdir_teardown),
+        cmocka_unit_test_setup_teardown(test_instance_limit, tmpdir_setup, tmpdir_teardown),
+        cmocka_unit_test_setup_teardown(test_bad_files, tmpdir_setup, tmpdir_teardown),
+        cmocka_unit_test_setup_teardown(test_letterbox_scale, tmpdir_setup, tmpdir_teardown),
+        cmocka_unit_test_setup_teardown(test_flip, tmpdir_setup, tmpdir_teardown),
         cmocka_unit_test(test_flip_stream),
-        cmocka_unit_test_setup_teardown(test_sample_order_independent, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_sample_order_independent, tmpdir_setup, tmpdir_teardown),
         cmocka_unit_test(test_transform_boxes),
         cmocka_unit_test(test_permutation),
         cmocka_unit_test(test_batches),
-        cmocka_unit_test_setup_teardown(test_batch_load, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_corrupt_image, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_batch_load, tmpdir_setup, tmpdir_teardown),
+        cmocka_unit_test_setup_teardown(test_corrupt_image, tmpdir_setup, tmpdir_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -13,32 +13,12 @@
 #include <string.h>
 #include <turbojpeg.h>
 
+#include "tests/support/tmpdir.h"
 #include "loader/jpeg.h"
 #include "loader/synth.h"
 #include "shared/coco.h"
 
-typedef struct Fixture {
-    char dir[64];
-} Fixture;
-
-static int setup(void **state)
-{
-    Fixture *f = calloc(1, sizeof *f);
-    strcpy(f->dir, "/tmp/effdet_test_synth_XXXXXX");
-    if (!mkdtemp(f->dir)) return -1;
-    *state = f;
-    return 0;
-}
-
-static int teardown(void **state)
-{
-    Fixture *f = *state;
-    char cmd[128];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", f->dir);
-    int rc = system(cmd);
-    free(f);
-    return rc == 0 ? 0 : -1;
-}
+typedef TmpDir Fixture;
 
 static uint8_t *read_all(const char *path, size_t *len)
 {
@@ -344,15 +324,15 @@ static void test_errors(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test_setup_teardown(test_layout_parses, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_deterministic, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_layout_parses, tmpdir_setup, tmpdir_teardown),
+        cmocka_unit_test_setup_teardown(test_deterministic, tmpdir_setup, tmpdir_teardown),
         cmocka_unit_test(test_render_independent),
         cmocka_unit_test(test_boxes_exact),
-        cmocka_unit_test_setup_teardown(test_grayscale, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_grayscale, tmpdir_setup, tmpdir_teardown),
         cmocka_unit_test(test_crowd),
         cmocka_unit_test(test_class_scheme),
         cmocka_unit_test(test_sizes),
-        cmocka_unit_test_setup_teardown(test_errors, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_errors, tmpdir_setup, tmpdir_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
