@@ -116,10 +116,7 @@ int checkpoint_read(const char *path, const ParamTable *t, const char *model_nam
                 model ? model : "?", meta_long(&st, "num_classes"), model_name, num_classes);
         goto done;
     }
-    size_t max_count = 1;
-    for (int i = 0; i < t->count; i++)
-        if (t->specs[i].count > max_count) max_count = t->specs[i].count;
-    tmp = malloc(max_count * sizeof(float));
+    tmp = malloc(param_table_max_count(t) * sizeof(float));
     if (!tmp) {
         err_set(err, "%s: out of memory", path);
         goto done;

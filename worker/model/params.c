@@ -47,6 +47,14 @@ void param_table_free(ParamTable *t)
     memset(t, 0, sizeof *t);
 }
 
+size_t param_table_max_count(const ParamTable *t)
+{
+    size_t max_count = 1;
+    for (int i = 0; i < t->count; i++)
+        if (t->specs[i].count > max_count) max_count = t->specs[i].count;
+    return max_count;
+}
+
 const ParamSpec *param_table_find(const ParamTable *t, const char *name)
 {
     for (int i = 0; i < t->count; i++)
@@ -247,10 +255,7 @@ int param_table_load_with(const ParamTable *t, const char *path, const char *mod
     int rc = -1;
     float *tmp = NULL;
     if (check_names(&st, t, o, &fn, path, model_name, err) != 0) goto done;
-    size_t max_count = 1;
-    for (int i = 0; i < t->count; i++)
-        if (t->specs[i].count > max_count) max_count = t->specs[i].count;
-    tmp = malloc(max_count * sizeof(float));
+    tmp = malloc(param_table_max_count(t) * sizeof(float));
     if (!tmp) {
         err_set(err, "%s: out of memory", path);
         goto done;

@@ -58,6 +58,8 @@ size_t param_table_add(ParamTable *t, ParamKind kind, ParamLayout layout, int nd
     __attribute__((format(printf, 6, 7)));
 void param_table_free(ParamTable *t);
 const ParamSpec *param_table_find(const ParamTable *t, const char *name);
+/* Elements of the largest tensor (at least 1): the size of a one-tensor staging buffer. */
+size_t param_table_max_count(const ParamTable *t);
 
 /* Converts one tensor between PyTorch layout (src) and ours (dst), or back with to_ours = 0. */
 void param_convert(const ParamSpec *s, float *dst, const float *src, int to_ours);
