@@ -20,6 +20,7 @@
 #include <turbojpeg.h>
 #include <unistd.h>
 
+#include "tests/support/rgb_assert.h"
 #include "loader/jpeg.h"
 
 static const uint8_t pil_jpeg_rgb_9x7[389] = {
@@ -93,15 +94,6 @@ static const uint8_t pil_rgb_of_cmyk_6x5[90] = {
 };
 
 /* ---- helpers ------------------------------------------------------------------------------------ */
-
-/* Fails with the first differing byte (index, pixel, channel and both values). */
-static void assert_bytes_equal(const uint8_t *got, const uint8_t *want, size_t n, int w)
-{
-    for (size_t i = 0; i < n; i++)
-        if (got[i] != want[i])
-            fail_msg("byte %zu (x %zu, y %zu, c %zu): got %d, want %d", i, (i / 3) % (size_t)w,
-                     i / 3 / (size_t)w, i % 3, got[i], want[i]);
-}
 
 /* Fails when some |got - want| > tol, naming the worst byte. */
 static void assert_bytes_near(const uint8_t *got, const uint8_t *want, size_t n, int tol)
@@ -193,7 +185,7 @@ static void check_pil_decode(const uint8_t *jpg, size_t len, const char *name, i
     assert_int_equal(img.w, w);
     assert_int_equal(img.h, h);
     assert_int_equal(want_len, (size_t)w * h * 3);
-    assert_bytes_equal(img.px, want, want_len, img.w);
+    assert_rgb_equal(img.px, want, want_len, img.w);
     rgb_image_free(&img);
 }
 
@@ -323,7 +315,7 @@ static void test_progressive_equals_baseline(void **state)
         fail_msg("%s", err.msg);
     assert_int_equal(b.w, w);
     assert_int_equal(b.h, h);
-    assert_bytes_equal(b.px, a.px, (size_t)w * h * 3, w);
+    assert_rgb_equal(b.px, a.px, (size_t)w * h * 3, w);
     free(px);
     free(base);
     free(prog);
@@ -443,7 +435,7 @@ static void test_benign_warning_policy(void **state)
     if (jpeg_decode_mem(jpg, len, "good.jpg", NULL, &ok, &err) != 0 ||
         jpeg_decode_mem(odd, len + 2, "odd.jpg", NULL, &img, &err) != 0)
         fail_msg("%s", err.msg);
-    assert_bytes_equal(img.px, ok.px, 32 * 16 * 3, 32);
+    assert_rgb_equal(img.px, ok.px, 32 * 16 * 3, 32);
     JpegDecodeOptions strict = {.strict = 1};
     assert_int_equal(jpeg_decode_mem(odd, len + 2, "odd.jpg", &strict, &img, &err), -1);
     assert_msg_contains(&err, "odd.jpg");

@@ -17,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "tests/support/rgb_assert.h"
 #include "augment/resize.h"
 
 static const uint8_t pil_ramp_7x5_3x4_bilinear[36] = {
@@ -128,14 +129,6 @@ static RgbImage make_src(SrcKind kind, int w, int h)
     return img;
 }
 
-static void assert_bytes_equal(const uint8_t *got, const uint8_t *want, size_t n, int w)
-{
-    for (size_t i = 0; i < n; i++)
-        if (got[i] != want[i])
-            fail_msg("byte %zu (x %zu, y %zu, c %zu): got %d, want %d", i, (i / 3) % (size_t)w,
-                     i / 3 / (size_t)w, i % 3, got[i], want[i]);
-}
-
 typedef struct PilCase {
     const char *what;
     SrcKind kind;
@@ -177,7 +170,7 @@ static void test_resize_matches_pil(void **state)
             fail_msg("%s: %s", t->what, err.msg);
         assert_int_equal(dst.w, t->ow);
         assert_int_equal(dst.h, t->oh);
-        assert_bytes_equal(dst.px, t->want, t->want_len, t->ow);
+        assert_rgb_equal(dst.px, t->want, t->want_len, t->ow);
         rgb_image_free(&src);
         rgb_image_free(&dst);
     }
@@ -188,7 +181,7 @@ static void test_same_size_copies_and_errors(void **state)
     RgbImage src = make_src(SRC_RAMP, 6, 5), dst = {0};
     Err err = {0};
     assert_int_equal(resize_rgb(&src, 6, 5, RESIZE_BICUBIC, &dst, &err), 0);
-    assert_bytes_equal(dst.px, src.px, 6 * 5 * 3, 6);
+    assert_rgb_equal(dst.px, src.px, 6 * 5 * 3, 6);
     assert_int_equal(resize_rgb(&src, 0, 5, RESIZE_BILINEAR, &dst, &err), -1);
     if (!strstr(err.msg, "0 x 5"))
         fail_msg("error \"%s\" does not name the size", err.msg);
@@ -211,7 +204,7 @@ static void check_letterbox(int iw, int ih, int th, int tw, ResizeFilter f, cons
     assert_int_equal(dst.w, tw);
     assert_int_equal(dst.h, th);
     assert_int_equal(want_len, (size_t)tw * th * 3);
-    assert_bytes_equal(dst.px, want, want_len, tw);
+    assert_rgb_equal(dst.px, want, want_len, tw);
     if (scale != want_scale)
         fail_msg("img_scale: got %.9g, want %.9g", scale, want_scale);
     rgb_image_free(&src);
