@@ -19,8 +19,9 @@ int infer_pipeline_init(InferPipeline *p, const InferOptions *o, Err *err)
     p->w = o->w ? o->w : p->cfg.image_w;
     p->score_thresh = o->score_thresh;
     if (model_create(&p->model, &p->cfg, ops, dev, err) != 0) return -1;
-    int rc = o->weights ? model_load_weights(&p->model, o->weights, err)
-                        : model_init_random(&p->model, 1234, err);
+    int rc = o->weights_later ? 0
+             : o->weights     ? model_load_weights(&p->model, o->weights, err)
+                              : model_init_random(&p->model, 1234, err);
     if (rc == 0 && model_plan(&p->model, p->batch, p->h, p->w, PLAN_INFER, err) != 0) {
         err_wrap(err, "--image-size %dx%d: ", p->h, p->w);
         rc = -1;

@@ -15,6 +15,7 @@
 typedef struct InferOptions {
     const char *model, *device;
     const char *weights;  /* safetensors; NULL: deterministic random weights (benchmarks) */
+    int weights_later;    /* 1: neither; the caller uploads them with model_set_weights */
     int num_classes;      /* <= 0: the variant's default (90) */
     int batch;
     int h, w;             /* model input; 0: the variant's native size */

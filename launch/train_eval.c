@@ -39,7 +39,9 @@ int train_evaluate(const TrainSettings *s, const char *device, const float *para
     CocoDataset gt;
     if (coco_dataset_load(&gt, ann_path, err) != 0) return -1;
     InferPipeline p;
+    /* The trainer's weights replace any initialisation: skip the random one. */
     InferOptions o = {.model = s->model, .device = device, .num_classes = s->num_classes,
+                      .weights_later = 1,
                       .batch = s->batch, .h = s->h, .w = s->w, .score_thresh = 0.0f};
     CocoEval *ev = NULL;
     CocoDetection *dets = NULL;
