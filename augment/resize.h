@@ -32,6 +32,14 @@ extern const uint8_t resize_imagenet_fill[3];
  * before returning. */
 int resize_rgb(const RgbImage *src, int out_w, int out_h, ResizeFilter f, RgbImage *dst, Err *err);
 
+/* The region [x0, x0 + w) x [y0, y0 + h) of what resize_rgb(src, out_w, out_h, f) would produce,
+ * written to dst (rows dst_stride bytes apart), computing only that region: the train transform
+ * crops a window out of an image scaled up to 2x, so most of a full resize would be thrown away.
+ * The bytes equal the same region of resize_rgb's output. The region must lie inside
+ * out_w x out_h. */
+int resize_rgb_region(const RgbImage *src, int out_w, int out_h, int x0, int y0, int w, int h,
+                      ResizeFilter f, uint8_t *dst, size_t dst_stride, Err *err);
+
 /* effdet ResizePad: scales src by s = min(target_h / h, target_w / w) to (int)(w * s) x
  * (int)(h * s), places it at the top-left of a target_w x target_h canvas of colour fill, and sets
  * *img_scale = 1 / s (float32, as effdet's target["img_scale"]), the factor that maps boxes on the

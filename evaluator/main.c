@@ -5,7 +5,7 @@
  *
  * --listen is bound (PULL; workers connect), --publish is connected (PUSH; the coordinator binds
  * it). SIGINT and SIGTERM end the process cleanly (open epochs reported, exit 0) through a
- * self-pipe that the loop polls with its socket: the pipe's fd is the one global STYLE allows.
+ * self-pipe (shared/stop_signal.h) that the loop polls with its socket.
  * Exit status: 0 after a shutdown message or a signal, 1 for a bad ground truth or a socket that
  * cannot be opened (one line on stderr), 2 for bad flags. */
 #include <errno.h>
@@ -18,35 +18,11 @@
 #include <unistd.h>
 
 #include "evaluator/evaluator_proc.h"
+#include "shared/stop_signal.h"
 
 static const char USAGE[] =
     "usage: effdet-evaluator --gt GT.json --listen ENDPOINT --publish ENDPOINT "
     "[--timeout SECONDS]";
-
-static int stop_pipe[2] = {-1, -1};
-
-static void on_signal(int sig)
-{
-    (void)sig;
-    int saved = errno;
-    /* The pipe is non-blocking; a failed write means it is full, which already says "stop". */
-    ssize_t n = write(stop_pipe[1], "x", 1);
-    (void)n;
-    errno = saved;
-}
-
-/* The self-pipe and the handlers for SIGINT and SIGTERM. */
-static int install_signals(void)
-{
-    if (pipe2(stop_pipe, O_CLOEXEC | O_NONBLOCK) != 0) return -1;
-    struct sigaction sa;
-    memset(&sa, 0, sizeof sa);
-    sa.sa_handler = on_signal;
-    if (sigemptyset(&sa.sa_mask) != 0 || sigaction(SIGINT, &sa, NULL) != 0 ||
-        sigaction(SIGTERM, &sa, NULL) != 0)
-        return -1;
-    return 0;
-}
 
 static int usage_error(const char *what)
 {
@@ -85,12 +61,13 @@ int main(int argc, char **argv)
     if (optind < argc) return usage_error("unexpected arguments");
     if (!cfg.gt_path || !cfg.listen || !cfg.publish)
         return usage_error("--gt, --listen and --publish are required");
-    if (install_signals() != 0) {
+    int stop_fd = stop_signal_install();
+    if (stop_fd < 0) {
         fprintf(stderr, "effdet-evaluator: signal setup: %s\n", strerror(errno));
         return 1;
     }
     Err err;
-    if (evaluator_run(&cfg, stop_pipe[0], &err) != 0) {
+    if (evaluator_run(&cfg, stop_fd, &err) != 0) {
         fprintf(stderr, "effdet-evaluator: %s\n", err.msg);
         return 1;
     }

@@ -11,5 +11,6 @@ int cmd_eval(int argc, char **argv);
 int cmd_demo(int argc, char **argv);
 int cmd_train(int argc, char **argv);
 int cmd_synth(int argc, char **argv);
+int cmd_batches(int argc, char **argv);
 
 #endif

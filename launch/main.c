@@ -18,6 +18,7 @@ static const Command commands[] = {
     {"bench", cmd_bench, "measure speed (--mode forward --model NAME --device cpu --batch-size B --json)"},
     {"train", cmd_train, "train on a COCO-format dataset (--data DIR --model NAME ...)"},
     {"synth", cmd_synth, "write a synthetic COCO-format dataset (--out DIR --images N --seed S)"},
+    {"batches", cmd_batches, "print the data pipeline's batch stream (--data DIR --batch-size B --image-size HxW)"},
     {"demo", cmd_demo, "the README's main job: inference on synthetic photos (--out DIR)"},
     {"eval", cmd_eval, "COCO bbox evaluation (--gt GT.json --dets DETS.json [--json])"},
 };

@@ -401,29 +401,89 @@ static int wire_get_shape(const WireMap *t, WireTensor *out, uint64_t *count, Er
     return 0;
 }
 
-int wire_get_tensor(const WireMap *m, const char *key, WireTensor *out, Err *err)
+/* What both forms share: the tensor's map into *t, its dtype and shape; *count is prod(shape).
+ * A tensor in the other form than the protocol gives this field is refused here. */
+static int wire_tensor_head(const WireMap *m, const char *key, int in_shm, WireMap *t,
+                            WireTensor *out, uint64_t *count, Err *err)
 {
-    WireMap t;
     const char *dtype;
     size_t dlen;
-    uint64_t count = 0, want;
     memset(out, 0, sizeof *out);
-    if (wire_get_map(m, key, &t, err)) return -1;
-    if (wire_has(&t, "shm"))
-        return wire_fail(&t, "shm", err, "names a shared-memory slot; this build reads only "
-                                         "inline tensors");
-    if (wire_get_str(&t, "dtype", &dtype, &dlen, err) || wire_get_shape(&t, out, &count, err) ||
-        wire_get_bin(&t, "data", &out->data, &out->bytes, err))
+    if (wire_get_map(m, key, t, err)) return -1;
+    if (!in_shm && wire_has(t, "shm"))
+        return wire_fail(m, key, err, "is a shared-memory tensor; this message must carry it "
+                                      "inline");
+    if (in_shm && wire_has(t, "data"))
+        return wire_fail(m, key, err, "is an inline tensor; this message must carry it in shared "
+                                      "memory");
+    if (wire_get_str(t, "dtype", &dtype, &dlen, err) || wire_get_shape(t, out, count, err))
         return -1;
     if (wire_dtype_parse(dtype, dlen, &out->dtype)) {
         char text[16];
         copy_printable(text, sizeof text, dtype, dlen);
-        return wire_fail(&t, "dtype", err, "is '%s', not a dtype", text);
+        return wire_fail(t, "dtype", err, "is '%s', not a dtype", text);
     }
+    return 0;
+}
+
+int wire_get_tensor(const WireMap *m, const char *key, WireTensor *out, Err *err)
+{
+    WireMap t;
+    uint64_t count = 0, want;
+    if (wire_tensor_head(m, key, 0, &t, out, &count, err) ||
+        wire_get_bin(&t, "data", &out->data, &out->bytes, err))
+        return -1;
     if (__builtin_mul_overflow(count, (uint64_t)st_dtype_size(out->dtype), &want) ||
         want != out->bytes)
         return wire_fail(&t, "data", err, "is %zu bytes, expected %llu elements of %s",
                          out->bytes, (unsigned long long)count, st_dtype_name(out->dtype));
+    return 0;
+}
+
+/* The reference's segment must be seg: a message names a segment but never chooses which one a
+ * process reads (nor makes it open one). */
+static int wire_check_segment(const WireMap *ref, const ShmSegment *seg, Err *err)
+{
+    const char *name;
+    size_t len;
+    if (wire_get_str(ref, "segment", &name, &len, err)) return -1;
+    if (len != strlen(seg->name) || memcmp(name, seg->name, len)) {
+        char text[SHM_NAME_CAP];
+        copy_printable(text, sizeof text, name, len);
+        return wire_fail(ref, "segment", err, "is '%s%s', this process reads '%s'", text,
+                         len >= sizeof text ? "..." : "", seg->name);
+    }
+    return 0;
+}
+
+int wire_get_tensor_shm(const WireMap *m, const char *key, const ShmSegment *seg, WireTensor *out,
+                        uint32_t *slot, Err *err)
+{
+    WireMap t, ref;
+    uint64_t count = 0, want, i, offset, bytes;
+    ASSERT(seg->base); /* an open segment */
+    if (wire_tensor_head(m, key, 1, &t, out, &count, err) || wire_get_map(&t, "shm", &ref, err) ||
+        wire_check_segment(&ref, seg, err) || wire_get_uint(&ref, "slot", &i, err) ||
+        wire_get_uint(&ref, "offset", &offset, err) || wire_get_uint(&ref, "bytes", &bytes, err))
+        return -1;
+    size_t size = st_dtype_size(out->dtype);
+    if (i >= seg->n_slots)
+        return wire_fail(&ref, "slot", err, "is %llu, the segment has %u slots",
+                         (unsigned long long)i, seg->n_slots);
+    if (offset % size != 0) /* the slot is page-aligned, so this aligns the data for its dtype */
+        return wire_fail(&ref, "offset", err, "is %llu, not a multiple of %zu (the size of %s)",
+                         (unsigned long long)offset, size, st_dtype_name(out->dtype));
+    if (__builtin_mul_overflow(count, (uint64_t)size, &want) || want != bytes)
+        return wire_fail(&ref, "bytes", err, "is %llu, expected %llu elements of %s",
+                         (unsigned long long)bytes, (unsigned long long)count,
+                         st_dtype_name(out->dtype));
+    if (!shm_range_ok(seg, (uint32_t)i, offset, bytes))
+        return wire_fail(&t, "shm", err, "has %llu bytes at offset %llu, past the end of its "
+                                         "%zu-byte slot", (unsigned long long)bytes,
+                         (unsigned long long)offset, seg->slot_bytes);
+    out->data = shm_slot(seg, (uint32_t)i) + offset;
+    out->bytes = (size_t)bytes;
+    *slot = (uint32_t)i;
     return 0;
 }
 
@@ -553,25 +613,55 @@ void wire_put_f64_array(WireWriter *w, const char *key, const double *v, size_t 
     for (size_t i = 0; i < n; i++) pack_ok(msgpack_pack_double(&w->pk, v[i]));
 }
 
+/* A tensor map's first entries, {n_entries: "dtype", "shape", ...}; returns prod(shape). */
+static uint64_t pack_tensor_head(WireWriter *w, size_t n_entries, StDtype dtype, int ndim,
+                                 const int64_t *shape)
+{
+    uint64_t count = 1;
+    ASSERT(ndim >= 0 && ndim <= WIRE_MAX_DIMS);
+    pack_ok(msgpack_pack_map(&w->pk, n_entries));
+    pack_str(w, "dtype");
+    pack_str(w, st_dtype_name(dtype));
+    pack_str(w, "shape");
+    pack_ok(msgpack_pack_array(&w->pk, (size_t)ndim));
+    for (int i = 0; i < ndim; i++) {
+        ASSERT(shape[i] >= 0);
+        pack_ok(msgpack_pack_uint64(&w->pk, (uint64_t)shape[i]));
+        int over = __builtin_mul_overflow(count, (uint64_t)shape[i], &count);
+        ASSERT(!over);
+    }
+    return count;
+}
+
 void wire_put_tensor(WireWriter *w, const char *key, const WireTensor *t)
 {
-    size_t count = 1;
-    ASSERT(t->ndim >= 0 && t->ndim <= WIRE_MAX_DIMS);
     put_key(w, key);
-    pack_ok(msgpack_pack_map(&w->pk, 3));
-    pack_str(w, "dtype");
-    pack_str(w, st_dtype_name(t->dtype));
-    pack_str(w, "shape");
-    pack_ok(msgpack_pack_array(&w->pk, (size_t)t->ndim));
-    for (int i = 0; i < t->ndim; i++) {
-        ASSERT(t->shape[i] >= 0);
-        pack_ok(msgpack_pack_uint64(&w->pk, (uint64_t)t->shape[i]));
-        count *= (size_t)t->shape[i];
-    }
+    uint64_t count = pack_tensor_head(w, 3, t->dtype, t->ndim, t->shape);
     pack_str(w, "data");
-    size_t bytes = count * st_dtype_size(t->dtype);
+    size_t bytes = (size_t)count * st_dtype_size(t->dtype);
     pack_ok(msgpack_pack_bin(&w->pk, bytes));
     pack_ok(msgpack_pack_bin_body(&w->pk, t->data, bytes));
+}
+
+void wire_put_tensor_shm(WireWriter *w, const char *key, StDtype dtype, int ndim,
+                         const int64_t *shape, const ShmSegment *seg, uint32_t slot, size_t offset)
+{
+    uint64_t bytes, size = st_dtype_size(dtype);
+    put_key(w, key);
+    uint64_t count = pack_tensor_head(w, 3, dtype, ndim, shape);
+    int over = __builtin_mul_overflow(count, size, &bytes);
+    /* What the reader would refuse is the writer's bug: catch it here, where it is made. */
+    ASSERT(!over && offset % size == 0 && shm_range_ok(seg, slot, offset, bytes));
+    pack_str(w, "shm");
+    pack_ok(msgpack_pack_map(&w->pk, 4));
+    pack_str(w, "segment");
+    pack_str(w, seg->name);
+    pack_str(w, "slot");
+    pack_ok(msgpack_pack_uint64(&w->pk, slot));
+    pack_str(w, "offset");
+    pack_ok(msgpack_pack_uint64(&w->pk, offset));
+    pack_str(w, "bytes");
+    pack_ok(msgpack_pack_uint64(&w->pk, bytes));
 }
 
 const void *wire_writer_data(const WireWriter *w, size_t *len)

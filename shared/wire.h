@@ -21,12 +21,19 @@
  * Tensors travel as a map in one of two forms:
  *   inline:        {"dtype": str, "shape": [uint...], "data": bin}
  *   shared memory: {"dtype": str, "shape": [uint...], "shm": {"segment": str, "slot": uint,
- *                   "offset": uint, "bytes": uint}}        (comes with the data stages: not yet)
+ *                   "offset": uint, "bytes": uint}}
  * dtype is a safetensors name ("F64", "F32", "I64", ...; shared/safetensors.h), data is row-major
  * little-endian (the byte order of every machine we run on; wire.c refuses to build on others)
- * and exactly prod(shape) * dtype size bytes. Only small tensors go inline (detections, metrics);
- * wire_get_tensor already routes on "data" vs "shm", so adding slots changes WireTensor's
- * data source, not the callers. Tensor data is not aligned: copy it out with memcpy.
+ * and exactly prod(shape) * dtype size bytes. Small tensors go inline (detections, metrics); inline
+ * data is not aligned: copy it out with memcpy. Large ones (pixels, batches) stay in a slot of a
+ * segment (shared/shm.h) and the message names where: "bytes" repeats prod(shape) * dtype size so
+ * that a mismatch is caught, and offset is a multiple of the dtype size, so the data is aligned.
+ *
+ * Each field has one form, fixed by the protocol: wire_get_tensor reads inline tensors only and
+ * wire_get_tensor_shm shm tensors only, each refusing the other with a line that says so. The shm
+ * reader takes the segment the consumer opened for that producer and checks the reference against
+ * it (same name, slot in range, range inside the slot), so a message can never make a process open
+ * another segment or read outside its mapping.
  *
  * Encoding (WireWriter): wire_writer_init packs the map header with "type" and "version", then
  * exactly n_fields wire_put_* calls follow (checked: a miscount is a programmer error and
@@ -41,6 +48,7 @@
 
 #include "shared/err.h"
 #include "shared/safetensors.h"
+#include "shared/shm.h"
 
 enum {
     WIRE_VERSION = 1,
@@ -105,11 +113,17 @@ typedef struct WireTensor {
     StDtype dtype;
     int ndim;
     int64_t shape[WIRE_MAX_DIMS];
-    const void *data; /* (prod(shape)) elements, unaligned */
+    const void *data; /* (prod(shape)) elements: unaligned inline, aligned in shared memory */
     size_t bytes;
 } WireTensor;
 
+/* An inline tensor; t->data points into the decoded bytes. */
 int wire_get_tensor(const WireMap *m, const char *key, WireTensor *t, Err *err);
+/* A shared-memory tensor in seg (open, mapped): its reference is checked against seg, then
+ * t->data points into seg's mapping and *slot is the slot it lies in (for the caller to release
+ * when done). */
+int wire_get_tensor_shm(const WireMap *m, const char *key, const ShmSegment *seg, WireTensor *t,
+                        uint32_t *slot, Err *err);
 
 /* ---- encoding ---------------------------------------------------------------------------- */
 
@@ -129,6 +143,11 @@ void wire_put_bin(WireWriter *w, const char *key, const void *p, size_t len);
 void wire_put_f64_array(WireWriter *w, const char *key, const double *v, size_t n);
 /* An inline tensor: t->data holds prod(t->shape) elements of t->dtype (t->bytes is ignored). */
 void wire_put_tensor(WireWriter *w, const char *key, const WireTensor *t);
+/* A shared-memory tensor: prod(shape) elements of dtype already written at offset in seg's slot.
+ * The range must lie inside the slot and offset be a multiple of the dtype size (ASSERTed: the
+ * writer chose them). */
+void wire_put_tensor_shm(WireWriter *w, const char *key, StDtype dtype, int ndim,
+                         const int64_t *shape, const ShmSegment *seg, uint32_t slot, size_t offset);
 /* The finished message; aborts unless exactly n_fields were put. Valid until the writer is
  * freed. */
 const void *wire_writer_data(const WireWriter *w, size_t *len);

@@ -142,6 +142,48 @@ int zmq_util_recv(ZmqSocket *zs, zmq_msg_t *msg, int timeout_ms, Err *err)
     return ZMQ_UTIL_MULTIPART;
 }
 
+/* ---- ROUTER framing ---------------------------------------------------------------------------- */
+
+/* Reads and drops the rest of a message whose framing is wrong. */
+static int zu_drain(ZmqSocket *zs, zmq_msg_t *msg, size_t parts, Err *err)
+{
+    while (zmq_msg_more(msg)) {
+        if (zmq_msg_close(msg) != 0 || zmq_msg_init(msg) != 0)
+            return err_set(err, "%s: zmq_msg_close: %s", zs->endpoint, zmq_strerror(errno));
+        if (zmq_msg_recv(msg, zs->sock, ZMQ_DONTWAIT) < 0) return zu_errno(zs, "recv", err);
+        parts++;
+    }
+    err_set(err, "%s: a message of %zu parts, expected a routing id and 1 frame", zs->endpoint,
+            parts);
+    return ZMQ_UTIL_MULTIPART;
+}
+
+int zmq_util_router_recv(ZmqSocket *zs, uint8_t id[ZMQ_UTIL_ID_CAP], size_t *id_len,
+                         zmq_msg_t *msg, Err *err)
+{
+    if (zmq_msg_init(msg) != 0)
+        return err_set(err, "%s: zmq_msg_init: %s", zs->endpoint, zmq_strerror(errno));
+    if (zmq_msg_recv(msg, zs->sock, ZMQ_DONTWAIT) < 0) return zu_errno(zs, "recv", err);
+    /* ROUTER always prepends the id frame, so a lone frame cannot happen; check anyway. */
+    if (!zmq_msg_more(msg) || zmq_msg_size(msg) > ZMQ_UTIL_ID_CAP) return zu_drain(zs, msg, 1, err);
+    *id_len = zmq_msg_size(msg);
+    memcpy(id, zmq_msg_data(msg), *id_len);
+    if (zmq_msg_close(msg) != 0 || zmq_msg_init(msg) != 0)
+        return err_set(err, "%s: zmq_msg_close: %s", zs->endpoint, zmq_strerror(errno));
+    if (zmq_msg_recv(msg, zs->sock, ZMQ_DONTWAIT) < 0) return zu_errno(zs, "recv", err);
+    if (zmq_msg_more(msg)) return zu_drain(zs, msg, 2, err);
+    return 0;
+}
+
+int zmq_util_router_send(ZmqSocket *zs, const uint8_t *id, size_t id_len, const void *data,
+                         size_t len, Err *err)
+{
+    if (zmq_send(zs->sock, id, id_len, ZMQ_DONTWAIT | ZMQ_SNDMORE) < 0)
+        return zu_errno(zs, "send", err);
+    if (zmq_send(zs->sock, data, len, ZMQ_DONTWAIT) < 0) return zu_errno(zs, "send", err);
+    return 0;
+}
+
 /* ---- the run directory ----------------------------------------------------------------------- */
 
 int rundir_create(char dir[RUNDIR_CAP], Err *err)

@@ -32,6 +32,7 @@ enum {
     ZMQ_UTIL_FD_READY = 2,
     ZMQ_UTIL_ENDPOINT_CAP = 256,
     RUNDIR_CAP = 108, /* sun_path: a directory must leave room for socket names */
+    ZMQ_UTIL_ID_CAP = 255, /* ROUTER routing ids */
 };
 
 typedef struct ZmqSocket {
@@ -69,6 +70,17 @@ int zmq_util_send(ZmqSocket *zs, const void *data, size_t len, int timeout_ms, E
  * the result), waiting up to timeout_ms. 0, ZMQ_UTIL_AGAIN, ZMQ_UTIL_TERM, ZMQ_UTIL_MULTIPART
  * (malformed input, not a socket failure) or -1. */
 int zmq_util_recv(ZmqSocket *zs, zmq_msg_t *msg, int timeout_ms, Err *err);
+
+/* ROUTER sockets: every message is [peer routing id][one frame]. The id is at most
+ * ZMQ_UTIL_ID_CAP bytes (ZeroMQ's own limit is 255). router_recv reads one such message without
+ * waiting: 0 with id/msg set (close msg whatever the result), ZMQ_UTIL_AGAIN when none is waiting,
+ * ZMQ_UTIL_MULTIPART for any other framing (drained; err says), TERM or -1. router_send sends one
+ * frame to id without waiting: a peer that is gone or full loses the message (ROUTER's rule), which
+ * the stage protocol (shared/stage.h) recovers from. */
+int zmq_util_router_recv(ZmqSocket *zs, uint8_t id[ZMQ_UTIL_ID_CAP], size_t *id_len,
+                         zmq_msg_t *msg, Err *err);
+int zmq_util_router_send(ZmqSocket *zs, const uint8_t *id, size_t id_len, const void *data,
+                         size_t len, Err *err);
 
 /* Creates the run directory (mode 0700) into dir. */
 int rundir_create(char dir[RUNDIR_CAP], Err *err);

@@ -4,7 +4,9 @@
  *
  * Each input is used twice:
  * 1. as one message: decoded under the default limits and under tight ones; when it decodes,
- *    every typed getter and the tensor reader are tried on the fields the protocol uses;
+ *    every typed getter and both tensor readers are tried on the fields the protocol uses, the
+ *    shared-memory one against a real 2-slot segment (fuzz_segment), whose slot a tensor it
+ *    accepts must lie in;
  * 2. as a sequence of messages, each a 2-byte little-endian length and that many bytes, fed to a
  *    fresh evaluator over a 3-image ground truth, with its clock advancing, so duplicates, epochs,
  *    timeouts and evaluations are reached. Everything the evaluator publishes must decode.
@@ -12,13 +14,20 @@
  * one line. Build and run with tests/fuzz/run.sh. */
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 #include "evaluator/evaluator_proc.h"
 #include "shared/check.h"
 #include "shared/coco.h"
+#include "shared/shm.h"
 #include "shared/wire.h"
+
+/* The segment's name as the seeds write it (tests/fuzz/wire_seeds.c), the same in every run, so
+ * that the fuzzer can get past the name check to the slot, offset and bytes checks. */
+#define FUZZ_SEGMENT "/effdet-0-fuzz-0"
 
 static const char GT[] =
     "{\"images\": [{\"id\": 1}, {\"id\": 2}, {\"id\": 3}], "
@@ -35,11 +44,42 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
 
 static void check_err(const Err *err) { ASSERT(err->msg[0] && !strchr(err->msg, '\n')); }
 
+/* A real mapping of 2 slots of 4096 bytes, made on first use and kept for the process (libFuzzer
+ * gives no context to keep it in). Its object is unlinked at once, so nothing is left in /dev/shm
+ * however the fuzzer ends, and it is renamed FUZZ_SEGMENT: the reader only compares names. */
+static const ShmSegment *fuzz_segment(void)
+{
+    static ShmSegment seg;
+    if (!seg.base) {
+        Err err;
+        int rc = shm_segment_create(&seg, "fuzz", 2, 4096, &err);
+        ASSERT(rc == 0);
+        rc = shm_unlink(seg.name);
+        ASSERT(rc == 0);
+        seg.owner = 0;
+        snprintf(seg.name, sizeof seg.name, "%s", FUZZ_SEGMENT);
+    }
+    return &seg;
+}
+
+/* A shared-memory tensor the reader accepts lies inside its slot of seg. */
+static void check_shm_tensor(const ShmSegment *seg, const WireTensor *t, uint32_t slot)
+{
+    ASSERT(slot < seg->n_slots);
+    const uint8_t *p = t->data, *start = shm_slot(seg, slot);
+    ASSERT(p >= start && t->bytes <= seg->slot_bytes - (size_t)(p - start));
+    if (t->bytes) {
+        volatile uint8_t x = p[t->bytes - 1]; /* mapped: a fault here is a bug */
+        (void)x;
+    }
+}
+
 /* Tries every getter on the fields the protocol uses; results may be errors, never crashes. */
 static void fuzz_getters(const WireMsg *m)
 {
     static const char *keys[] = {"epoch", "image_id", "dets", "images", "stats", "category_ids",
-                                 "category_ap", "kind", "what", "t"};
+                                 "category_ap", "kind", "what", "t", "image"};
+    const ShmSegment *seg = fuzz_segment();
     for (size_t k = 0; k < sizeof keys / sizeof keys[0]; k++) {
         Err err;
         uint64_t u;
@@ -50,6 +90,7 @@ static void fuzz_getters(const WireMsg *m)
         size_t n;
         WireMap sub;
         WireTensor t;
+        uint32_t slot;
         if (wire_get_uint(&m->root, keys[k], &u, &err)) check_err(&err);
         if (wire_get_int(&m->root, keys[k], &i, &err)) check_err(&err);
         if (wire_get_f64(&m->root, keys[k], &d, &err)) check_err(&err);
@@ -63,6 +104,10 @@ static void fuzz_getters(const WireMsg *m)
             volatile uint8_t x = ((const uint8_t *)t.data)[t.bytes - 1]; /* in bounds */
             (void)x;
         }
+        if (wire_get_tensor_shm(&m->root, keys[k], seg, &t, &slot, &err))
+            check_err(&err);
+        else
+            check_shm_tensor(seg, &t, slot);
     }
 }
 

@@ -1,8 +1,9 @@
 /* wire_seeds.c: writes the seed inputs of fuzz_wire into the folder given as argv[1]: single
- * messages of each kind the evaluator reads (and one with tensors), and a whole epoch as a
- * sequence of 2-byte-length-prefixed messages over fuzz_wire's 3-image ground truth (with a
- * duplicate, a second epoch and a shutdown), so the fuzzer starts from inputs that reach the
- * evaluation. Run by tests/fuzz/run.sh. */
+ * messages of each kind the evaluator reads, one with inline tensors and one with shared-memory
+ * tensors in fuzz_wire's segment (FUZZ_SEGMENT there), and a whole epoch as a sequence of
+ * 2-byte-length-prefixed messages over fuzz_wire's 3-image ground truth (with a duplicate, a
+ * second epoch and a shutdown), so the fuzzer starts from inputs that reach the evaluation and
+ * the shared-memory checks. Run by tests/fuzz/run.sh. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -69,6 +70,16 @@ int main(int argc, char **argv)
     wire_put_tensor(&w, "category_ap", &t_ap);
     wire_put_tensor(&w, "category_ids", &t_ids);
     write_file(dir, "tensors", wire_writer_data(&w, &len), len);
+    wire_writer_free(&w);
+    /* fuzz_wire's segment as its reader sees it: 2 slots of 4096 under that fixed name (the
+     * writer checks only the geometry, so no object is needed here) */
+    const ShmSegment seg = {.name = "/effdet-0-fuzz-0", .n_slots = 2, .slot_bytes = 4096};
+    const int64_t image_shape[3] = {16, 16, 3}, t_shape[1] = {2};
+    wire_writer_init(&w, "sample", 3);
+    wire_put_uint(&w, "epoch", 0);
+    wire_put_tensor_shm(&w, "image", ST_U8, 3, image_shape, &seg, 1, 64);
+    wire_put_tensor_shm(&w, "t", ST_F64, 1, t_shape, &seg, 0, 4080); /* ends at the slot's end */
+    write_file(dir, "shm_tensors", wire_writer_data(&w, &len), len);
     wire_writer_free(&w);
 
     uint8_t seq[4096];

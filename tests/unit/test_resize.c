@@ -191,6 +191,134 @@ static void test_same_size_copies_and_errors(void **state)
     rgb_image_free(&dst);
 }
 
+/* ---- regions ------------------------------------------------------------------------------------ */
+
+/* xorshift32: a fixed sequence of regions, the same on every run. */
+static uint32_t next_rand(uint32_t *s)
+{
+    *s ^= *s << 13;
+    *s ^= *s >> 17;
+    *s ^= *s << 5;
+    return *s;
+}
+
+/* resize_rgb_region of [x0, x0 + w) x [y0, y0 + h) into a buffer whose rows have 5 spare bytes,
+ * compared with the crop of full (the whole resize); the spare bytes and the bytes past the last
+ * row must stay untouched. */
+static void check_region(const RgbImage *src, const RgbImage *full, ResizeFilter f, int x0, int y0,
+                         int w, int h)
+{
+    size_t stride = (size_t)w * 3 + 5, size = stride * (size_t)h + 16, n = (size_t)w * h * 3;
+    uint8_t *buf = malloc(size), *want = malloc(n), *got = malloc(n);
+    assert_non_null(buf);
+    assert_non_null(want);
+    assert_non_null(got);
+    memset(buf, 0xa5, size);
+    Err err = {0};
+    if (resize_rgb_region(src, full->w, full->h, x0, y0, w, h, f, buf, stride, &err) != 0)
+        fail_msg("region %d x %d at (%d, %d) of %d x %d: %s", w, h, x0, y0, full->w, full->h,
+                 err.msg);
+    for (int y = 0; y < h; y++) {
+        memcpy(want + (size_t)y * w * 3, full->px + ((size_t)(y0 + y) * full->w + x0) * 3,
+               (size_t)w * 3);
+        memcpy(got + (size_t)y * w * 3, buf + (size_t)y * stride, (size_t)w * 3);
+        for (size_t b = (size_t)w * 3; b < stride; b++)
+            if (buf[(size_t)y * stride + b] != 0xa5)
+                fail_msg("region %d x %d at (%d, %d): row %d wrote spare byte %zu", w, h, x0, y0,
+                         y, b - (size_t)w * 3);
+    }
+    for (size_t b = stride * (size_t)h; b < size; b++)
+        if (buf[b] != 0xa5)
+            fail_msg("region %d x %d at (%d, %d): wrote past the last row", w, h, x0, y0);
+    assert_rgb_equal(got, want, n, w);
+    free(buf);
+    free(want);
+    free(got);
+}
+
+static const struct {
+    const char *what;
+    int iw, ih, ow, oh;
+} region_cases[] = {
+    {"down", 37, 29, 23, 17},
+    {"strong shrink", 61, 43, 9, 7},
+    {"up 2x", 31, 23, 62, 46},
+    {"up, odd", 13, 7, 29, 11},
+    {"up and down", 40, 11, 17, 30},
+    {"1 x 1 up", 1, 1, 5, 3},
+    {"1 x 1 kept", 1, 1, 1, 1},
+    {"one row", 9, 1, 4, 3},
+    {"one column", 1, 9, 3, 4},
+    {"to one pixel", 9, 7, 1, 1},
+    {"horizontal only", 17, 9, 40, 9},
+    {"vertical only", 17, 9, 17, 20},
+    {"no change", 12, 8, 12, 8},
+    {"wide, up 1.6x", 160, 24, 256, 38},
+};
+
+static void test_region_matches_full_resize(void **state)
+{
+    uint32_t rnd = 0x9e3779b9u;
+    const ResizeFilter filters[2] = {RESIZE_BILINEAR, RESIZE_BICUBIC};
+    for (size_t i = 0; i < sizeof region_cases / sizeof region_cases[0]; i++)
+        for (int fi = 0; fi < 2; fi++) {
+            int ow = region_cases[i].ow, oh = region_cases[i].oh;
+            print_message("case: %s (%d x %d -> %d x %d), %s\n", region_cases[i].what,
+                          region_cases[i].iw, region_cases[i].ih, ow, oh,
+                          fi ? "bicubic" : "bilinear");
+            RgbImage src = make_src(i & 1 ? SRC_CHECKER : SRC_RAMP, region_cases[i].iw,
+                                    region_cases[i].ih), full = {0};
+            Err err = {0};
+            assert_int_equal(resize_rgb(&src, ow, oh, filters[fi], &full, &err), 0);
+            check_region(&src, &full, filters[fi], 0, 0, ow, oh);
+            check_region(&src, &full, filters[fi], ow - 1, oh - 1, 1, 1);
+            check_region(&src, &full, filters[fi], 0, oh - 1, ow, 1);
+            check_region(&src, &full, filters[fi], ow - 1, 0, 1, oh);
+            for (int r = 0; r < 24; r++) {
+                int w = 1 + (int)(next_rand(&rnd) % (uint32_t)ow);
+                int h = 1 + (int)(next_rand(&rnd) % (uint32_t)oh);
+                int x0 = (int)(next_rand(&rnd) % (uint32_t)(ow - w + 1));
+                int y0 = (int)(next_rand(&rnd) % (uint32_t)(oh - h + 1));
+                check_region(&src, &full, filters[fi], x0, y0, w, h);
+            }
+            rgb_image_free(&src);
+            rgb_image_free(&full);
+        }
+}
+
+static void test_region_refuses_bad_regions(void **state)
+{
+    RgbImage src = make_src(SRC_RAMP, 8, 6);
+    static const struct {
+        int x0, y0, w, h;
+    } bad[] = {
+        {0, 0, 0, 4},  {0, 0, 4, 0},  {0, 0, -1, 4},         {-1, 0, 4, 4},
+        {0, -1, 4, 4}, {7, 0, 4, 4},  {0, 7, 4, 4},          {0, 0, 11, 10},
+        {0x7fffffff, 0, 4, 4},        {1, 1, 0x7fffffff, 1},
+    };
+    uint8_t buf[16 * 16 * 3];
+    memset(buf, 0xa5, sizeof buf);
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        Err err = {0};
+        int rc = resize_rgb_region(&src, 10, 10, bad[i].x0, bad[i].y0, bad[i].w, bad[i].h,
+                                   RESIZE_BILINEAR, buf, 16 * 3, &err);
+        if (rc != -1)
+            fail_msg("region %d x %d at (%d, %d) of 10 x 10: got %d, want -1", bad[i].w, bad[i].h,
+                     bad[i].x0, bad[i].y0, rc);
+        if (!strstr(err.msg, "region"))
+            fail_msg("error \"%s\" does not name the region", err.msg);
+    }
+    Err err = {0};
+    assert_int_equal(resize_rgb_region(&src, 10, 10, 0, 0, 4, 4, RESIZE_BILINEAR, buf, 11, &err),
+                     -1);
+    assert_int_equal(resize_rgb_region(&src, 0, 10, 0, 0, 1, 1, RESIZE_BILINEAR, buf, 48, &err),
+                     -1);
+    for (size_t b = 0; b < sizeof buf; b++)
+        if (buf[b] != 0xa5)
+            fail_msg("a refused region wrote byte %zu", b);
+    rgb_image_free(&src);
+}
+
 /* ---- letterbox (effdet ResizePad) --------------------------------------------------------------- */
 
 static void check_letterbox(int iw, int ih, int th, int tw, ResizeFilter f, const uint8_t *want,
@@ -319,6 +447,8 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_resize_matches_pil),
         cmocka_unit_test(test_same_size_copies_and_errors),
+        cmocka_unit_test(test_region_matches_full_resize),
+        cmocka_unit_test(test_region_refuses_bad_regions),
         cmocka_unit_test(test_letterbox_pil_wide),
         cmocka_unit_test(test_letterbox_pil_tall),
         cmocka_unit_test(test_letterbox_truncation_like_python),

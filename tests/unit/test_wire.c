@@ -2,8 +2,10 @@
  * tensors; then every bound of the decoder (message size, str, bin, map, array, depth, value
  * count), wrong and missing fields, truncated and mutated buffers, a non-map top level, ext types,
  * non-str and repeated keys, bad versions and bad tensors: each must be an Err of one line naming
- * what is wrong, never a crash (run under `make SAN=1 test` for the "never" part). Also the
- * transport under the messages: shared/zmq_util.c's sockets and run directory. */
+ * what is wrong, never a crash (run under `make SAN=1 test` for the "never" part). Shared-memory
+ * tensors against a real segment (shared/shm.c): a round trip through a reader's own mapping and
+ * every reference that must be refused. Also the transport under the messages:
+ * shared/zmq_util.c's sockets and run directory. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -379,7 +381,7 @@ static void test_tensor_errors(void **state)
     raw_tensor_head(&r, "dtype", 3, "F128", 0, 0);
     raw_str(&r, "data");
     assert_int_equal(msgpack_pack_bin_with_body(&r.pk, "", 0), 0);
-    /* a shared-memory slot: not in this build */
+    /* a shared-memory tensor where the protocol wants one inline */
     raw_tensor_head(&r, "shm", 3, "U8", 0, 0);
     raw_str(&r, "shm");
     assert_int_equal(msgpack_pack_map(&r.pk, 0), 0);
@@ -399,7 +401,9 @@ static void test_tensor_errors(void **state)
     EXPECT_GET_ERROR(wire_get_tensor(&m.root, "short", &t, err),
                      "message 't': field 'short.data' is 16 bytes, expected 3 elements of F64");
     EXPECT_GET_ERROR(wire_get_tensor(&m.root, "dtype", &t, err), "field 'dtype.dtype' is 'F128'");
-    EXPECT_GET_ERROR(wire_get_tensor(&m.root, "shm", &t, err), "field 'shm.shm' names a shared");
+    EXPECT_GET_ERROR(wire_get_tensor(&m.root, "shm", &t, err),
+                     "message 't': field 'shm' is a shared-memory tensor; this message must carry "
+                     "it inline");
     EXPECT_GET_ERROR(wire_get_tensor(&m.root, "negdim", &t, err),
                      "field 'negdim.shape' dimension 0 is a negative int, expected a uint");
     EXPECT_GET_ERROR(wire_get_tensor(&m.root, "ninedims", &t, err), "has 9 dimensions, at most 8");
@@ -409,6 +413,153 @@ static void test_tensor_errors(void **state)
     msgpack_sbuffer_destroy(&r.buf);
 }
 
+/* A producer writes a tensor into its segment and sends a reference; a reader that opened the
+ * segment read-only gets a pointer into its own mapping, aligned, with the producer's bytes. */
+static void test_tensor_shm_round_trip(void **state)
+{
+    ShmSegment prod, cons;
+    Err e = {{0}};
+    if (shm_segment_create(&prod, "test_wire", 2, 4096, &e)) fail_msg("%s", e.msg);
+    float *px = (float *)(shm_slot(&prod, 1) + 64); /* (2, 3) */
+    for (int i = 0; i < 6; i++) px[i] = 0.5f * (float)i - 1;
+    const int64_t shape[2] = {2, 3}, whole[1] = {4096};
+    WireWriter w;
+    wire_writer_init(&w, "sample", 4);
+    wire_put_uint(&w, "epoch", 1);
+    wire_put_tensor_shm(&w, "image", ST_F32, 2, shape, &prod, 1, 64);
+    wire_put_tensor_shm(&w, "whole", ST_U8, 1, whole, &prod, 0, 0);    /* the whole slot */
+    wire_put_tensor_shm(&w, "scalar", ST_F64, 0, NULL, &prod, 0, 4088); /* ends at its end */
+    size_t len;
+    const void *data = wire_writer_data(&w, &len);
+    WireMsg m;
+    decode_ok(&m, data, len);
+    if (shm_segment_open(&cons, prod.name, 2, 4096, 0, &e)) fail_msg("%s", e.msg);
+    WireTensor t;
+    uint32_t slot = 99;
+    if (wire_get_tensor_shm(&m.root, "image", &cons, &t, &slot, &e)) fail_msg("%s", e.msg);
+    assert_int_equal(t.dtype, ST_F32);
+    assert_int_equal(t.ndim, 2);
+    assert_int_equal(t.shape[0], 2);
+    assert_int_equal(t.shape[1], 3);
+    assert_int_equal(t.bytes, 6 * sizeof(float));
+    assert_int_equal(slot, 1);
+    assert_ptr_equal(t.data, shm_slot(&cons, 1) + 64);
+    assert_int_equal((uintptr_t)t.data % sizeof(float), 0);
+    assert_memory_equal(t.data, px, t.bytes);
+    if (wire_get_tensor_shm(&m.root, "whole", &cons, &t, &slot, &e)) fail_msg("%s", e.msg);
+    assert_int_equal(slot, 0);
+    assert_int_equal(t.bytes, 4096);
+    assert_ptr_equal(t.data, shm_slot(&cons, 0));
+    if (wire_get_tensor_shm(&m.root, "scalar", &cons, &t, &slot, &e)) fail_msg("%s", e.msg);
+    assert_int_equal(t.ndim, 0);
+    assert_int_equal(t.bytes, 8);
+    assert_ptr_equal(t.data, shm_slot(&cons, 0) + 4088);
+    /* the inline getter refuses a shared-memory tensor */
+    EXPECT_GET_ERROR(wire_get_tensor(&m.root, "image", &t, err),
+                     "message 'sample': field 'image' is a shared-memory tensor; this message must "
+                     "carry it inline");
+    wire_msg_free(&m);
+    wire_writer_free(&w);
+    shm_segment_close(&cons);
+    shm_segment_close(&prod);
+}
+
+/* Field key: a one-dimensional shm tensor {dtype, shape: [dim], shm: {segment, slot, offset,
+ * bytes}}. */
+static void raw_shm_tensor(Raw *r, const char *key, const char *dtype, uint64_t dim,
+                           const char *segment, uint64_t slot, uint64_t offset, uint64_t bytes)
+{
+    raw_tensor_head(r, key, 3, dtype, 1, dim);
+    raw_str(r, "shm");
+    assert_int_equal(msgpack_pack_map(&r->pk, 4), 0);
+    raw_str(r, "segment"), raw_str(r, segment);
+    raw_str(r, "slot");
+    assert_int_equal(msgpack_pack_uint64(&r->pk, slot), 0);
+    raw_str(r, "offset");
+    assert_int_equal(msgpack_pack_uint64(&r->pk, offset), 0);
+    raw_str(r, "bytes");
+    assert_int_equal(msgpack_pack_uint64(&r->pk, bytes), 0);
+}
+
+static void test_tensor_shm_errors(void **state)
+{
+    ShmSegment seg;
+    Err e = {{0}};
+    char long_name[100];
+    memset(long_name, 'x', sizeof long_name - 1);
+    long_name[sizeof long_name - 1] = '\0';
+    if (shm_segment_create(&seg, "test_wire", 8, 4096, &e)) fail_msg("%s", e.msg);
+    const char *name = seg.name;
+    Raw r;
+    raw_init(&r);
+    raw_header(&r, 11, "sample", 1);
+    raw_shm_tensor(&r, "image", "F32", 4, name, 9, 0, 16);         /* no slot 9 */
+    raw_shm_tensor(&r, "past", "U8", 100, name, 7, 4000, 100);     /* 4 bytes past the slot */
+    raw_shm_tensor(&r, "bytes", "F32", 4, name, 0, 0, 15);         /* 4 floats are 16 bytes */
+    raw_shm_tensor(&r, "huge", "F64", 1ull << 62, name, 0, 0, 0);  /* 2^65 bytes */
+    raw_shm_tensor(&r, "wrap", "F64", 2, name, 0, UINT64_MAX - 7, 16); /* end wraps to 8 */
+    raw_shm_tensor(&r, "misaligned", "F32", 4, name, 0, 2, 16);
+    raw_shm_tensor(&r, "other", "F32", 4, "/effdet-1-other-0", 0, 0, 16);
+    raw_shm_tensor(&r, "long", "F32", 4, long_name, 0, 0, 16);
+    raw_tensor_head(&r, "inline", 3, "U8", 1, 2);
+    raw_str(&r, "data");
+    assert_int_equal(msgpack_pack_bin_with_body(&r.pk, "ab", 2), 0);
+    raw_tensor_head(&r, "partial", 3, "U8", 1, 2); /* a reference without its bytes */
+    raw_str(&r, "shm");
+    assert_int_equal(msgpack_pack_map(&r.pk, 3), 0);
+    raw_str(&r, "segment"), raw_str(&r, name);
+    raw_str(&r, "slot"), raw_str(&r, "0");
+    raw_str(&r, "offset");
+    assert_int_equal(msgpack_pack_uint64(&r.pk, 0), 0);
+    raw_tensor_head(&r, "ok", 3, "U8", 1, 2);
+    raw_str(&r, "shm");
+    assert_int_equal(msgpack_pack_map(&r.pk, 4), 0);
+    raw_str(&r, "segment"), raw_str(&r, name);
+    raw_str(&r, "slot");
+    assert_int_equal(msgpack_pack_uint64(&r.pk, 7), 0);
+    raw_str(&r, "offset");
+    assert_int_equal(msgpack_pack_uint64(&r.pk, 4094), 0);
+    raw_str(&r, "bytes");
+    assert_int_equal(msgpack_pack_uint64(&r.pk, 2), 0);
+    WireMsg m;
+    decode_ok(&m, r.buf.data, r.buf.size);
+    WireTensor t;
+    uint32_t slot;
+    char want[256];
+    EXPECT_GET_ERROR(wire_get_tensor_shm(&m.root, "image", &seg, &t, &slot, err),
+                     "message 'sample': field 'image.shm.slot' is 9, the segment has 8 slots");
+    EXPECT_GET_ERROR(wire_get_tensor_shm(&m.root, "past", &seg, &t, &slot, err),
+                     "message 'sample': field 'past.shm' has 100 bytes at offset 4000, past the "
+                     "end of its 4096-byte slot");
+    EXPECT_GET_ERROR(wire_get_tensor_shm(&m.root, "bytes", &seg, &t, &slot, err),
+                     "field 'bytes.shm.bytes' is 15, expected 4 elements of F32");
+    EXPECT_GET_ERROR(wire_get_tensor_shm(&m.root, "huge", &seg, &t, &slot, err),
+                     "field 'huge.shm.bytes' is 0, expected 4611686018427387904 elements of F64");
+    EXPECT_GET_ERROR(wire_get_tensor_shm(&m.root, "wrap", &seg, &t, &slot, err),
+                     "field 'wrap.shm' has 16 bytes at offset 18446744073709551608, past the end");
+    EXPECT_GET_ERROR(wire_get_tensor_shm(&m.root, "misaligned", &seg, &t, &slot, err),
+                     "field 'misaligned.shm.offset' is 2, not a multiple of 4 (the size of F32)");
+    snprintf(want, sizeof want, "field 'other.shm.segment' is '/effdet-1-other-0', this process "
+                                "reads '%s'", name);
+    EXPECT_GET_ERROR(wire_get_tensor_shm(&m.root, "other", &seg, &t, &slot, err), want);
+    EXPECT_GET_ERROR(wire_get_tensor_shm(&m.root, "long", &seg, &t, &slot, err),
+                     "xxxxxxx...', this process reads");
+    EXPECT_GET_ERROR(wire_get_tensor_shm(&m.root, "inline", &seg, &t, &slot, err),
+                     "message 'sample': field 'inline' is an inline tensor; this message must "
+                     "carry it in shared memory");
+    EXPECT_GET_ERROR(wire_get_tensor_shm(&m.root, "partial", &seg, &t, &slot, err),
+                     "field 'partial.shm.slot' is a str, expected a uint");
+    EXPECT_GET_ERROR(wire_get_tensor_shm(&m.root, "nope", &seg, &t, &slot, err),
+                     "field 'nope' is missing");
+    /* the last bytes of the last slot are fine */
+    if (wire_get_tensor_shm(&m.root, "ok", &seg, &t, &slot, &e)) fail_msg("%s", e.msg);
+    assert_ptr_equal(t.data, seg.base + seg.bytes - 2);
+    assert_int_equal(slot, 7);
+    wire_msg_free(&m);
+    msgpack_sbuffer_destroy(&r.buf);
+    shm_segment_close(&seg);
+}
+
 /* Every prefix of a valid message, and 20,000 random mutations of it: errors (or, for some
  * mutations, a valid message), never a crash, and every error one line. */
 static void test_truncated_and_mutated(void **state)
@@ -416,16 +567,19 @@ static void test_truncated_and_mutated(void **state)
     WireLimits lim = wire_limits_default();
     const double rows[12] = {1, 2, 3, 4, 0.5, 1, 5, 6, 7, 8, 0.25, 3};
     WireTensor t = {.dtype = ST_F64, .ndim = 2, .shape = {2, 6}, .data = rows};
+    ShmSegment seg;
+    Err err;
+    if (shm_segment_create(&seg, "test_wire", 2, 4096, &err)) fail_msg("%s", err.msg);
     WireWriter w;
-    wire_writer_init(&w, "detections", 4);
+    wire_writer_init(&w, "detections", 5);
     wire_put_uint(&w, "epoch", 3);
     wire_put_int(&w, "image_id", 397133);
     wire_put_bin(&w, "dets", rows, sizeof rows);
     wire_put_tensor(&w, "t", &t);
+    wire_put_tensor_shm(&w, "s", ST_F32, 2, t.shape, &seg, 1, 4000);
     size_t len;
     const uint8_t *data = wire_writer_data(&w, &len);
     WireMsg m;
-    Err err;
     wire_msg_init(&m);
     for (size_t cut = 0; cut < len; cut++) {
         uint8_t *copy = malloc(cut ? cut : 1); /* exact size: ASan sees any overread */
@@ -446,10 +600,17 @@ static void test_truncated_and_mutated(void **state)
         }
         if (wire_decode(&m, copy, len, &lim, &err) == 0) {
             uint64_t u;
+            uint32_t slot;
             WireTensor got;
             decoded++;
             wire_get_uint(&m.root, "epoch", &u, &err); /* any outcome; no crash */
             wire_get_tensor(&m.root, "t", &got, &err);
+            if (wire_get_tensor_shm(&m.root, "s", &seg, &got, &slot, &err) == 0) {
+                const uint8_t *p = got.data, *start = shm_slot(&seg, slot);
+                if (p < start || got.bytes > seg.slot_bytes - (size_t)(p - start))
+                    fail_msg("mutation %d: %zu bytes at %p outside slot %u", k, got.bytes,
+                             (const void *)p, slot);
+            }
         } else {
             assert_null(strchr(err.msg, '\n'));
         }
@@ -458,6 +619,7 @@ static void test_truncated_and_mutated(void **state)
     free(copy);
     wire_msg_free(&m);
     wire_writer_free(&w);
+    shm_segment_close(&seg);
 }
 
 static void test_rundir(void **state)
@@ -553,7 +715,8 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_round_trip),    cmocka_unit_test(test_wrong_and_missing_fields),
         cmocka_unit_test(test_bounds),        cmocka_unit_test(test_shapes),
-        cmocka_unit_test(test_tensor_errors), cmocka_unit_test(test_truncated_and_mutated),
+        cmocka_unit_test(test_tensor_errors), cmocka_unit_test(test_tensor_shm_round_trip),
+        cmocka_unit_test(test_tensor_shm_errors), cmocka_unit_test(test_truncated_and_mutated),
         cmocka_unit_test(test_rundir),       cmocka_unit_test(test_zmq_util),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -1,0 +1,394 @@
+/* stage_server.c: the producer side of the stage protocol (see stage.h for the design).
+ *
+ * The server never blocks: stage_server_pump reads what is waiting, stage_server_next hands the
+ * oldest request of a live consumer to the caller when a slot is free. Requests are queued as
+ * their raw message and decoded again when their work starts, so the queue holds no pointers into
+ * freed decoder trees. Entries of a replaced consumer are not removed from the middle of the
+ * queue: they are skipped when they reach its head (their incarnation no longer matches). */
+#include "shared/stage.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "shared/check.h"
+#include "shared/log.h"
+
+int64_t stage_now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+uint64_t stage_incarnation(void)
+{
+    uint64_t v = 0;
+    if (getrandom(&v, sizeof v, 0) != (ssize_t)sizeof v) {
+        /* No entropy source: pid and time still differ between two starts of one process. */
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        v = ((uint64_t)getpid() << 32) ^ (uint64_t)ts.tv_nsec ^ ((uint64_t)ts.tv_sec << 20);
+    }
+    return v ? v : 1;
+}
+
+/* ---- sending ------------------------------------------------------------------------------- */
+
+static void server_send(StageServer *s, int ci, WireWriter *w)
+{
+    StageClientRec *c = &s->clients[ci];
+    size_t len;
+    const void *data = wire_writer_data(w, &len);
+    Err err;
+    /* ROUTER drops what it cannot deliver (a consumer that is gone): that consumer's replacement
+     * says hello and is served afresh, so a lost message costs nothing here. */
+    if (zmq_util_router_send(&s->sock, c->id, c->id_len, data, len, &err) < 0)
+        log_warn("stage %s: send to %s: %s", s->cfg.endpoint, c->name, err.msg);
+    c->last_sent_ms = stage_now_ms();
+}
+
+static void server_send_simple(StageServer *s, int ci, const char *type)
+{
+    WireWriter w;
+    wire_writer_init(&w, type, 1);
+    wire_put_uint(&w, "inc", s->inc);
+    server_send(s, ci, &w);
+    wire_writer_free(&w);
+}
+
+static void server_welcome(StageServer *s, int ci)
+{
+    WireWriter w;
+    wire_writer_init(&w, "welcome", 4 + s->cfg.n_info);
+    wire_put_uint(&w, "inc", s->inc);
+    wire_put_str(&w, "segment", s->seg.name);
+    wire_put_uint(&w, "slots", s->seg.n_slots);
+    wire_put_uint(&w, "slot_bytes", s->seg.slot_bytes);
+    if (s->cfg.n_info) s->cfg.put_info(s->cfg.app, &w);
+    server_send(s, ci, &w);
+    wire_writer_free(&w);
+}
+
+/* ---- consumers ----------------------------------------------------------------------------- */
+
+static void slot_free(StageServer *s, uint32_t i)
+{
+    s->slot_state[i] = SLOT_FREE;
+    s->slot_client[i] = -1;
+    s->slot_inc[i] = 0;
+}
+
+/* Held slots of consumer ci come back; slots being worked on come back when the work ends
+ * (stage_server_task_live tells the worker to stop early); queued requests are skipped. */
+static void release_client(StageServer *s, int ci)
+{
+    for (uint32_t i = 0; i < s->seg.n_slots; i++)
+        if (s->slot_client[i] == ci && s->slot_state[i] == SLOT_HELD) slot_free(s, i);
+    s->clients[ci].live = 0;
+    s->n_released++;
+}
+
+static int find_client_by_id(const StageServer *s, const uint8_t *id, size_t id_len)
+{
+    for (int i = 0; i < s->n_clients; i++)
+        if (s->clients[i].live && s->clients[i].id_len == id_len &&
+            !memcmp(s->clients[i].id, id, id_len))
+            return i;
+    return -1;
+}
+
+static void on_hello(StageServer *s, const WireMsg *m, const uint8_t *id, size_t id_len)
+{
+    const char *name;
+    size_t name_len;
+    uint64_t inc;
+    Err err;
+    if (wire_get_str(&m->root, "name", &name, &name_len, &err) < 0 ||
+        wire_get_uint(&m->root, "inc", &inc, &err) < 0 || name_len == 0 ||
+        name_len >= STAGE_NAME_CAP) {
+        s->n_malformed++;
+        log_warn("stage %s: bad hello: %s", s->cfg.endpoint,
+                 name_len >= STAGE_NAME_CAP ? "name too long" : err.msg);
+        return;
+    }
+    int ci = -1;
+    for (int i = 0; i < s->n_clients && ci < 0; i++)
+        if (strlen(s->clients[i].name) == name_len && !memcmp(s->clients[i].name, name, name_len))
+            ci = i;
+    if (ci >= 0 && s->clients[ci].inc != inc) {
+        if (s->clients[ci].live)
+            log_info("stage %s: %s restarted: releasing what its predecessor held",
+                     s->cfg.endpoint, s->clients[ci].name);
+        release_client(s, ci);
+    }
+    if (ci < 0) {
+        if (s->n_clients == STAGE_MAX_CLIENTS) {
+            log_warn("stage %s: more than %d consumers; hello ignored", s->cfg.endpoint,
+                     STAGE_MAX_CLIENTS);
+            return;
+        }
+        ci = s->n_clients++;
+        memcpy(s->clients[ci].name, name, name_len);
+        s->clients[ci].name[name_len] = 0;
+    }
+    StageClientRec *c = &s->clients[ci];
+    memcpy(c->id, id, id_len);
+    c->id_len = id_len;
+    c->inc = inc;
+    c->live = 1;
+    server_welcome(s, ci);
+}
+
+static void on_req(StageServer *s, WireMsg *m, zmq_msg_t *msg, int ci)
+{
+    uint64_t inc, to, key;
+    Err err;
+    if (wire_get_uint(&m->root, "inc", &inc, &err) < 0 ||
+        wire_get_uint(&m->root, "to", &to, &err) < 0 ||
+        wire_get_uint(&m->root, "key", &key, &err) < 0) {
+        s->n_malformed++;
+        log_warn("stage %s: bad request: %s", s->cfg.endpoint, err.msg);
+        return;
+    }
+    if (ci < 0 || to != s->inc || inc != s->clients[ci].inc) {
+        s->n_stale++; /* meant for a previous incarnation of one side */
+        return;
+    }
+    if (s->q_len == s->cfg.queue_cap) {
+        /* A consumer sending beyond its window: answer at once rather than queue without end. */
+        WireWriter w;
+        wire_writer_init(&w, "fail", 3);
+        wire_put_uint(&w, "inc", s->inc);
+        wire_put_uint(&w, "key", key);
+        wire_put_str(&w, "error", "the producer's request queue is full");
+        server_send(s, ci, &w);
+        wire_writer_free(&w);
+        return;
+    }
+    StageQueued *q = &s->queue[(s->q_head + s->q_len++) % s->cfg.queue_cap];
+    q->client = ci, q->inc = inc, q->key = key;
+    zmq_msg_init(&q->msg);
+    zmq_msg_move(&q->msg, msg);
+}
+
+static void on_credit(StageServer *s, const WireMsg *m, int ci)
+{
+    uint64_t inc, to, slot;
+    Err err;
+    if (wire_get_uint(&m->root, "inc", &inc, &err) < 0 ||
+        wire_get_uint(&m->root, "to", &to, &err) < 0 ||
+        wire_get_uint(&m->root, "slot", &slot, &err) < 0) {
+        s->n_malformed++;
+        log_warn("stage %s: bad credit: %s", s->cfg.endpoint, err.msg);
+        return;
+    }
+    if (ci < 0 || to != s->inc || inc != s->clients[ci].inc || slot >= s->seg.n_slots ||
+        s->slot_state[slot] != SLOT_HELD || s->slot_client[slot] != ci ||
+        s->slot_inc[slot] != inc) {
+        s->n_stale++;
+        return;
+    }
+    slot_free(s, (uint32_t)slot);
+}
+
+/* ---- public -------------------------------------------------------------------------------- */
+
+int stage_server_init(StageServer *s, void *zctx, const StageServerConfig *cfg, Err *err)
+{
+    memset(s, 0, sizeof *s);
+    s->cfg = *cfg;
+    if (!s->cfg.queue_cap) s->cfg.queue_cap = 1024;
+    if (!s->cfg.hb_ms) s->cfg.hb_ms = STAGE_HB_MS;
+    s->inc = stage_incarnation();
+    ZmqSocketConfig zc = {.type = ZMQ_ROUTER,
+                          .max_msg_bytes = (int64_t)cfg->limits.max_msg_bytes,
+                          .linger_ms = 0};
+    if (zmq_util_bind(&s->sock, zctx, &zc, cfg->endpoint, err) < 0) return -1;
+    /* No high-water mark: messages are small and bounded by slots and windows, and a done
+     * dropped at a mark would leave its key outstanding at a live producer forever. */
+    int zero = 0;
+    if (zmq_setsockopt(s->sock.sock, ZMQ_SNDHWM, &zero, sizeof zero) != 0 ||
+        zmq_setsockopt(s->sock.sock, ZMQ_RCVHWM, &zero, sizeof zero) != 0) {
+        err_set(err, "%s: zmq_setsockopt ZMQ_SNDHWM: %s", cfg->endpoint, zmq_strerror(errno));
+        stage_server_free(s);
+        return -1;
+    }
+    if (shm_segment_create(&s->seg, cfg->seg_tag, cfg->n_slots, cfg->slot_bytes, err) < 0) {
+        stage_server_free(s);
+        return -1;
+    }
+    s->queue = calloc(s->cfg.queue_cap, sizeof *s->queue);
+    s->slot_state = calloc(cfg->n_slots, 1);
+    s->slot_client = malloc(cfg->n_slots * sizeof *s->slot_client);
+    s->slot_inc = calloc(cfg->n_slots, sizeof *s->slot_inc);
+    if (!s->queue || !s->slot_state || !s->slot_client || !s->slot_inc) {
+        stage_server_free(s);
+        return err_set(err, "%s: out of memory for %u slots", cfg->endpoint, cfg->n_slots);
+    }
+    for (uint32_t i = 0; i < cfg->n_slots; i++) slot_free(s, i);
+    return 0;
+}
+
+void stage_server_free(StageServer *s)
+{
+    if (s->queue) {
+        for (size_t i = 0; i < s->q_len; i++)
+            zmq_msg_close(&s->queue[(s->q_head + i) % s->cfg.queue_cap].msg);
+        free(s->queue);
+        s->queue = NULL;
+    }
+    s->q_len = 0;
+    free(s->slot_state), free(s->slot_client), free(s->slot_inc);
+    s->slot_state = NULL, s->slot_client = NULL, s->slot_inc = NULL;
+    zmq_util_close(&s->sock);
+    shm_segment_close(&s->seg);
+}
+
+int stage_server_pump(StageServer *s, Err *err)
+{
+    for (;;) {
+        uint8_t id[ZMQ_UTIL_ID_CAP];
+        size_t id_len = 0;
+        zmq_msg_t msg;
+        int rc = zmq_util_router_recv(&s->sock, id, &id_len, &msg, err);
+        if (rc == ZMQ_UTIL_AGAIN) {
+            zmq_msg_close(&msg);
+            break;
+        }
+        if (rc == ZMQ_UTIL_TERM || rc < 0) {
+            zmq_msg_close(&msg);
+            return rc;
+        }
+        if (rc == ZMQ_UTIL_MULTIPART) {
+            s->n_malformed++;
+            log_warn("stage: %s", err->msg);
+            zmq_msg_close(&msg);
+            continue;
+        }
+        WireMsg m;
+        wire_msg_init(&m);
+        Err derr;
+        if (wire_decode(&m, zmq_msg_data(&msg), zmq_msg_size(&msg), &s->cfg.limits, &derr) < 0) {
+            s->n_malformed++;
+            log_warn("stage %s: %s", s->cfg.endpoint, derr.msg);
+        } else {
+            int ci = find_client_by_id(s, id, id_len);
+            if (!strcmp(m.type, "hello")) on_hello(s, &m, id, id_len);
+            else if (!strcmp(m.type, "req")) on_req(s, &m, &msg, ci);
+            else if (!strcmp(m.type, "credit")) on_credit(s, &m, ci);
+            else if (strcmp(m.type, "hb") != 0) {
+                s->n_malformed++;
+                log_warn("stage %s: unexpected message '%s'", s->cfg.endpoint, m.type);
+            }
+        }
+        wire_msg_free(&m);
+        zmq_msg_close(&msg);
+    }
+    int64_t now = stage_now_ms();
+    for (int i = 0; i < s->n_clients; i++)
+        if (s->clients[i].live && now - s->clients[i].last_sent_ms >= s->cfg.hb_ms)
+            server_send_simple(s, i, "hb");
+    return 0;
+}
+
+int stage_server_next(StageServer *s, StageTask *t)
+{
+    uint32_t slot = 0;
+    while (slot < s->seg.n_slots && s->slot_state[slot] != SLOT_FREE) slot++;
+    if (slot == s->seg.n_slots) return 0;
+    while (s->q_len) {
+        StageQueued *q = &s->queue[s->q_head];
+        s->q_head = (s->q_head + 1) % s->cfg.queue_cap;
+        s->q_len--;
+        const StageClientRec *c = &s->clients[q->client];
+        if (!c->live || c->inc != q->inc) {
+            zmq_msg_close(&q->msg); /* its consumer was replaced */
+            continue;
+        }
+        memset(t, 0, sizeof *t);
+        t->slot = slot, t->key = q->key, t->client = q->client, t->client_inc = q->inc;
+        zmq_msg_init(&t->msg);
+        zmq_msg_move(&t->msg, &q->msg);
+        zmq_msg_close(&q->msg);
+        wire_msg_init(&t->req);
+        Err err;
+        /* It decoded when it arrived, with the same limits. */
+        int rc = wire_decode(&t->req, zmq_msg_data(&t->msg), zmq_msg_size(&t->msg),
+                             &s->cfg.limits, &err);
+        ASSERT(rc == 0);
+        s->slot_state[slot] = SLOT_WORKING;
+        s->slot_client[slot] = t->client;
+        s->slot_inc[slot] = t->client_inc;
+        return 1;
+    }
+    return 0;
+}
+
+int stage_server_task_live(const StageServer *s, const StageTask *t)
+{
+    const StageClientRec *c = &s->clients[t->client];
+    return c->live && c->inc == t->client_inc;
+}
+
+void stage_server_done_begin(StageServer *s, const StageTask *t, WireWriter *w, uint32_t n_fields)
+{
+    wire_writer_init(w, "done", 3 + n_fields);
+    wire_put_uint(w, "inc", s->inc);
+    wire_put_uint(w, "key", t->key);
+    wire_put_uint(w, "slot", t->slot);
+}
+
+static void task_end(StageTask *t)
+{
+    wire_msg_free(&t->req);
+    zmq_msg_close(&t->msg);
+}
+
+int stage_server_finish(StageServer *s, StageTask *t, WireWriter *w, Err *err)
+{
+    ASSERT(s->slot_state[t->slot] == SLOT_WORKING);
+    if (stage_server_task_live(s, t)) {
+        server_send(s, t->client, w);
+        s->slot_state[t->slot] = SLOT_HELD;
+        s->n_done++;
+    } else {
+        slot_free(s, t->slot);
+    }
+    task_end(t);
+    return 0;
+}
+
+int stage_server_fail(StageServer *s, StageTask *t, const char *error, Err *err)
+{
+    ASSERT(s->slot_state[t->slot] == SLOT_WORKING);
+    if (stage_server_task_live(s, t)) {
+        WireWriter w;
+        wire_writer_init(&w, "fail", 3);
+        wire_put_uint(&w, "inc", s->inc);
+        wire_put_uint(&w, "key", t->key);
+        wire_put_str(&w, "error", error);
+        server_send(s, t->client, &w);
+        wire_writer_free(&w);
+    }
+    s->n_failed++;
+    slot_free(s, t->slot);
+    task_end(t);
+    return 0;
+}
+
+void stage_server_release_client(StageServer *s, const char *name)
+{
+    for (int i = 0; i < s->n_clients; i++)
+        if (s->clients[i].live && !strcmp(s->clients[i].name, name)) release_client(s, i);
+}
+
+uint32_t stage_server_busy(const StageServer *s)
+{
+    uint32_t n = 0;
+    for (uint32_t i = 0; i < s->seg.n_slots; i++) n += s->slot_state[i] != SLOT_FREE;
+    return n;
+}
