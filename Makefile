@@ -2,6 +2,7 @@
 #   make            build every library, program (build/bin/) and test
 #   make test       build and run the test suite (what CI runs)
 #   make bench      build and run the CPU benchmarks (prints figures)
+#   make bench-data the data pipeline's benchmarks alone
 #   make clean      remove build/
 #   make SAN=1 test the same with AddressSanitizer + UBSan (objects in build/san/)
 # CUDA objects (kernels/cuda/*.cu) build whenever nvcc and cuDNN are found, GPU or not; without them
@@ -86,7 +87,7 @@ GPU_TEST_BINS := $(GPU_TEST_SRCS:tests/%.c=$(BUILD)/tests/%)
 
 FIXTURES ?= $(abspath ../shared/fixtures)
 
-.PHONY: all test test-gpu bench clean
+.PHONY: all test test-gpu bench bench-data clean
 # Keep the process mains' objects (pattern-rule intermediates) so relinks don't recompile them.
 .SECONDARY:
 all: $(PROGS) $(TEST_BINS) $(BENCH_BINS) $(TOOL_BINS) $(GPU_TEST_BINS) $(CUDA_SO)
@@ -130,6 +131,10 @@ test-gpu: all
 
 bench: all
 	@EFFDET_BIN=$(abspath $(BUILD)/bin) EFFDET_FIXTURES=$(FIXTURES) bash tests/bench/run.sh
+
+# The data pipeline alone (also part of `make bench`).
+bench-data: all
+	@EFFDET_BIN=$(abspath $(BUILD)/bin) bash tests/bench/data.sh
 
 clean:
 	rm -rf build

@@ -20,7 +20,7 @@
 #include "worker/trainer.h"
 
 static const char *USAGE =
-    "effdet bench --mode forward|infer|train --model NAME [--device cpu|cuda[:N]] [--batch-size B] "
+    "effdet bench --mode forward|infer|train|data|augment|handoff --model NAME [--device cpu|cuda[:N]] [--batch-size B] "
     "[--image-size HxW] [--iters N] [--warmup N] [--json]";
 
 typedef struct BenchArgs {
@@ -164,6 +164,11 @@ static int run_train(const BenchArgs *a, double *elapsed, int *h, int *w, Err *e
 
 int cmd_bench(int argc, char **argv)
 {
+    for (int i = 1; i + 1 < argc; i++) /* the data modes have flags of their own */
+        if (!strcmp(argv[i], "--mode") && (!strcmp(argv[i + 1], "data") ||
+                                          !strcmp(argv[i + 1], "augment") ||
+                                          !strcmp(argv[i + 1], "handoff")))
+            return cmd_bench_data(argc, argv);
     BenchArgs a;
     Err err;
     if (parse(argc, argv, &a, &err) != 0) return cli_fail("bench", &err);

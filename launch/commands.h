@@ -7,6 +7,7 @@ int cmd_info(int argc, char **argv);
 int cmd_parity(int argc, char **argv);
 int cmd_infer(int argc, char **argv);
 int cmd_bench(int argc, char **argv);
+int cmd_bench_data(int argc, char **argv); /* --mode augment|handoff|data */
 int cmd_eval(int argc, char **argv);
 int cmd_demo(int argc, char **argv);
 int cmd_train(int argc, char **argv);
