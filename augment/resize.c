@@ -12,6 +12,8 @@
  *   - Weights become fixed point with PRECISION_BITS = 32 - 8 - 2 = 22 (rounded half away from
  *     zero); the accumulator starts at 1 << 21 (round half up) and the result is acc >> 22 clamped
  *     to 0..255 (a negative accumulator gives 0, as Pillow's clip table does).
+ * With AVX2 both passes run in vector kernels that form the same int32 sums (see "AVX2 kernels");
+ * the scalar loops are the reference, the fallback, and do the edges.
  * Pillow's x86-64 wheels target baseline x86-64, which has no fused multiply-add; GNU C contracts
  * a*b+c into fma under -march=native, which could move a weight by one unit in the last place, so
  * this file turns contraction off (no case has been seen to differ either way; this keeps it so).
@@ -26,10 +28,14 @@
 #endif
 
 #include "augment/resize.h"
+#include "shared/check.h"
 
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#if defined(__AVX2__)
+#include <immintrin.h>
+#endif
 
 #define PRECISION_BITS (32 - 8 - 2)
 
@@ -156,7 +162,6 @@ static uint8_t clip8(int32_t acc)
  * Vertical: 32 bytes of a row at a time, rows in pairs whose bytes are interleaved into 16-bit
  * pairs. */
 #if defined(__AVX2__)
-#include <immintrin.h>
 
 #define HVEC_GROUP 5 /* taps per 16-byte load */
 
@@ -486,6 +491,7 @@ static int resample_region(const RgbImage *src, int out_w, int out_h, int x0, in
         int next = 0; /* the first source row not yet in the ring */
         for (int i = 0; i < h; i++) {
             int first = pv.bounds[2 * i], n = pv.bounds[2 * i + 1];
+            ASSERT(n <= pv.ksize); /* the ring and rows hold ksize */
             for (int y = 0; y < n; y++) {
                 const uint8_t *s = src->px + (size_t)(first + y) * src_stride;
                 if (!need_h) {

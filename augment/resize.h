@@ -35,8 +35,10 @@ int resize_rgb(const RgbImage *src, int out_w, int out_h, ResizeFilter f, RgbIma
 /* The region [x0, x0 + w) x [y0, y0 + h) of what resize_rgb(src, out_w, out_h, f) would produce,
  * written to dst (rows dst_stride bytes apart), computing only that region: the train transform
  * crops a window out of an image scaled up to 2x, so most of a full resize would be thrown away.
- * The bytes equal the same region of resize_rgb's output. The region must lie inside
- * out_w x out_h. */
+ * The bytes equal the same region of resize_rgb's output; bytes of dst outside the region's rows
+ * of 3 * w are left alone. Fails with one line in err if the region is empty or not inside
+ * out_w x out_h, or dst_stride < 3 * w. Uses one temporary allocation (the plans for the region's
+ * rows and columns and a few resampled rows), freed before returning. */
 int resize_rgb_region(const RgbImage *src, int out_w, int out_h, int x0, int y0, int w, int h,
                       ResizeFilter f, uint8_t *dst, size_t dst_stride, Err *err);
 

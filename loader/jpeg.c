@@ -22,10 +22,13 @@
 #include "loader/jpeg.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <turbojpeg.h>
+#include <unistd.h>
 
 /* A JPEG file larger than this is refused before reading it (no dataset image comes close). */
 #define JPEG_MAX_FILE_BYTES ((long)1 << 30)
@@ -63,18 +66,75 @@ static int tj_is_truncation(const char *msg)
     return strstr(msg, "remature end") != NULL;
 }
 
-static int jpeg_fail(const char *name, const char *msg, Err *err)
+/* Copies a TurboJPEG message as one line (some of its messages hold a newline). */
+static void tj_message_line(char *line, size_t size, const char *msg)
 {
-    if (tj_is_truncation(msg))
-        return err_set(err, "%s: truncated JPEG (%s)", name, msg);
-    return err_set(err, "%s: corrupt JPEG (%s)", name, msg);
+    snprintf(line, size, "%s", msg);
+    for (char *c = line; *c; c++)
+        if (*c == '\n' || *c == '\r')
+            *c = ' ';
 }
 
-/* Decodes into dst (w x h in pixel format pf). tjGetErrorCode reports TJERR_WARNING whenever any
- * warning came first, even if a fatal error followed, so the first attempt stops at the first
- * problem (STOPONWARNING): its code and message then describe that problem alone. Only a warning
- * that Pillow would ignore leads to a second, non-stopping attempt; that one starts from zeros so
- * that rows a later fatal error leaves unwritten are never stale memory. */
+static int jpeg_fail(const char *name, const char *msg, Err *err)
+{
+    char line[256];
+    tj_message_line(line, sizeof line, msg);
+    if (tj_is_truncation(line))
+        return err_set(err, "%s: truncated JPEG (%s)", name, line);
+    return err_set(err, "%s: corrupt JPEG (%s)", name, line);
+}
+
+/* Whether the stream reaches its EOI marker within len bytes, walked the way libjpeg's marker
+ * reader walks it: stray bytes and 0xFF fill before a marker are skipped, a segment is skipped by
+ * its length, and after SOS the entropy-coded data runs to the next marker that is neither a
+ * stuffed 0xFF00 nor RSTn. libjpeg reads every stream up to its EOI, so a stream without one is
+ * one where it ran out of data. Only called for streams libjpeg decoded without a fatal error, so
+ * the walk does not need to judge what is malformed. */
+static int jpeg_reaches_eoi(const uint8_t *buf, size_t len)
+{
+    size_t i = 2; /* after SOI */
+    for (;;) {
+        while (i < len && buf[i] != 0xFF)
+            i++;
+        while (i < len && buf[i] == 0xFF)
+            i++;
+        if (i >= len)
+            return 0;
+        uint8_t m = buf[i++];
+        if (m == 0xD9)
+            return 1;
+        if (m == 0x00 || m == 0x01 || (m >= 0xD0 && m <= 0xD8))
+            continue; /* stuffed zero (discarded), TEM, RSTn, SOI: no length field */
+        if (len - i < 2)
+            return 0;
+        i += (size_t)buf[i] << 8 | buf[i + 1];
+        if (m != 0xDA)
+            continue;
+        for (;;) { /* entropy-coded data */
+            while (i < len && buf[i] != 0xFF)
+                i++;
+            size_t j = i;
+            while (j < len && buf[j] == 0xFF)
+                j++;
+            if (j >= len)
+                return 0;
+            if (buf[j] != 0x00 && (buf[j] < 0xD0 || buf[j] > 0xD7))
+                break; /* a marker: i is at its 0xFF */
+            i = j + 1;
+        }
+    }
+}
+
+/* Decodes into dst (w x h in pixel format pf). The first attempt stops at the first problem
+ * (STOPONWARNING), so its code and message describe that problem alone: fatal, truncation, or a
+ * warning that strict mode refuses. Only a warning that Pillow would ignore leads to a second,
+ * non-stopping attempt, which starts from zeros so that no row is stale memory. TurboJPEG tells
+ * that attempt's outcome poorly: it reports TJERR_WARNING whenever a warning came first, and its
+ * message keeps the first warning's text unless a fatal error overwrote it (libjpeg prints only
+ * the first warning of a decode, and every fatal error). So a changed message means a fatal error
+ * came later (an error, as in Pillow), and a truncation hidden behind the first warning is found
+ * by jpeg_reaches_eoi. A "premature end of data segment" behind another warning goes unseen and
+ * the image is accepted, as Pillow accepts it. */
 static int jpeg_decode_pixels(tjhandle tj, const uint8_t *buf, size_t len, uint8_t *dst, int w,
                               int h, int pf, const JpegDecodeOptions *opt, const char *name,
                               Err *err)
@@ -87,11 +147,19 @@ static int jpeg_decode_pixels(tjhandle tj, const uint8_t *buf, size_t len, uint8
     const char *msg = tjGetErrorStr2(tj);
     if (tjGetErrorCode(tj) == TJERR_FATAL || opt->strict || tj_is_truncation(msg))
         return jpeg_fail(name, msg, err);
+    char first[256];
+    tj_message_line(first, sizeof first, msg);
     memset(dst, 0, (size_t)w * (size_t)h * (size_t)tjPixelSize[pf]);
-    if (tjDecompress2(tj, buf, (unsigned long)len, dst, w, 0, h, pf, flags) == 0 ||
-        !tj_is_truncation(tjGetErrorStr2(tj)))
+    if (tjDecompress2(tj, buf, (unsigned long)len, dst, w, 0, h, pf, flags) == 0)
         return 0;
-    return jpeg_fail(name, tjGetErrorStr2(tj), err);
+    char again[256];
+    tj_message_line(again, sizeof again, tjGetErrorStr2(tj));
+    if (strcmp(again, first) != 0)
+        return jpeg_fail(name, again, err);
+    if (!jpeg_reaches_eoi(buf, len))
+        return err_set(err, "%s: truncated JPEG (the data ends before the EOI marker; first: %s)",
+                       name, first);
+    return 0;
 }
 
 /* The smallest scale 1/1, 1/2, 1/4, 1/8 that TurboJPEG offers and that keeps both minimums. */
@@ -146,24 +214,49 @@ static int jpeg_decode_cmyk(tjhandle tj, const uint8_t *buf, size_t len,
     return rc;
 }
 
+/* Checks what can be checked before starting the decoder: some bytes, the SOI marker, the size. */
+static int jpeg_check_start(const uint8_t *buf, size_t len, const char *name, Err *err)
+{
+    if (len == 0)
+        return err_set(err, "%s: empty file (0 bytes), not a JPEG", name);
+    if (len < 3 || buf[0] != 0xFF || buf[1] != 0xD8 || buf[2] != 0xFF)
+        return err_set(err, "%s: not a JPEG file (no SOI marker)", name);
+    if (len > (size_t)JPEG_MAX_FILE_BYTES)
+        return err_set(err, "%s: JPEG of %zu bytes is too large", name, len);
+    return 0;
+}
+
+/* Reads the frame header (size and colour space) and applies the pixel cap, so that a forged size
+ * is refused here, before any pixel memory exists. */
+static int jpeg_read_frame(tjhandle tj, const uint8_t *buf, size_t len, const char *name,
+                           int strict, int64_t max_pixels, int *w, int *h, int *cs, Err *err)
+{
+    int subsamp = 0;
+    *w = *h = *cs = 0;
+    /* A header warning (extraneous bytes before a marker, ...) still fills w and h; fatal errors
+     * leave them 0. */
+    int rc = tjDecompressHeader3(tj, buf, (unsigned long)len, w, h, &subsamp, cs);
+    if (rc != 0 && (strict || *w <= 0 || *h <= 0))
+        return jpeg_fail(name, tjGetErrorStr2(tj), err);
+    if (*w <= 0 || *h <= 0) /* tables only: the data ended before any frame header */
+        return err_set(err, "%s: truncated JPEG (no frame header)", name);
+    int64_t cap = max_pixels > 0 ? max_pixels : JPEG_MAX_PIXELS_DEFAULT;
+    if ((int64_t)*w * *h > cap)
+        return err_set(err, "%s: JPEG size %d x %d is out of range (at most %lld pixels)", name,
+                       *w, *h, (long long)cap);
+    return 0;
+}
+
 static int jpeg_decode_with(tjhandle tj, const uint8_t *buf, size_t len, const char *name,
                             const JpegDecodeOptions *opt, RgbImage *out, Err *err)
 {
-    int w = 0, h = 0, subsamp = 0, cs = 0;
-    /* A header warning (extraneous bytes before a marker, ...) still fills w and h; fatal errors
-     * come back from the decode below, which reads the header again. */
-    int rc = tjDecompressHeader3(tj, buf, (unsigned long)len, &w, &h, &subsamp, &cs);
-    if (rc != 0 && (opt->strict || w <= 0 || h <= 0))
-        return jpeg_fail(name, tjGetErrorStr2(tj), err);
-    if (w <= 0 || h <= 0) /* tables only: the data ended before any frame header */
-        return err_set(err, "%s: truncated JPEG (no frame header)", name);
-    int64_t cap = opt->max_pixels > 0 ? opt->max_pixels : JPEG_MAX_PIXELS_DEFAULT;
-    if ((int64_t)w * h > cap)
-        return err_set(err, "%s: JPEG size %d x %d is out of range (at most %lld pixels)", name, w,
-                       h, (long long)cap);
+    int w, h, cs;
+    if (jpeg_read_frame(tj, buf, len, name, opt->strict, opt->max_pixels, &w, &h, &cs, err) < 0)
+        return -1;
     tjscalingfactor sf = jpeg_pick_scale(w, h, opt->min_w, opt->min_h);
     if (rgb_image_alloc(out, TJSCALED(w, sf), TJSCALED(h, sf), err) < 0)
         return err_wrap(err, "%s: ", name);
+    /* The decode reads the header again and, given the scaled size, picks the same factor. */
     if (cs == TJCS_CMYK || cs == TJCS_YCCK)
         return jpeg_decode_cmyk(tj, buf, len, opt, name, out, err);
     return jpeg_decode_pixels(tj, buf, len, out->px, out->w, out->h, TJPF_RGB, opt, name, err);
@@ -177,10 +270,8 @@ int jpeg_decode_mem(const uint8_t *buf, size_t len, const char *name, const Jpeg
         opt = &defaults;
     if (!name)
         name = "(memory)";
-    if (len < 3 || buf[0] != 0xFF || buf[1] != 0xD8 || buf[2] != 0xFF)
-        return err_set(err, "%s: not a JPEG file (no SOI marker)", name);
-    if (len > (size_t)JPEG_MAX_FILE_BYTES)
-        return err_set(err, "%s: JPEG of %zu bytes is too large", name, len);
+    if (jpeg_check_start(buf, len, name, err) < 0)
+        return -1;
     tjhandle tj = tjInitDecompress();
     if (!tj)
         return err_set(err, "%s: cannot start the JPEG decoder: %s", name, tjGetErrorStr2(NULL));
@@ -189,33 +280,68 @@ int jpeg_decode_mem(const uint8_t *buf, size_t len, const char *name, const Jpeg
     return rc;
 }
 
-/* Reads a whole file into a malloc'ed buffer. */
+int jpeg_read_header_mem(const uint8_t *buf, size_t len, const char *name, int *w, int *h,
+                         Err *err)
+{
+    *w = *h = 0;
+    if (!name)
+        name = "(memory)";
+    if (jpeg_check_start(buf, len, name, err) < 0)
+        return -1;
+    tjhandle tj = tjInitDecompress();
+    if (!tj)
+        return err_set(err, "%s: cannot start the JPEG decoder: %s", name, tjGetErrorStr2(NULL));
+    int cs, fw, fh;
+    int rc = jpeg_read_frame(tj, buf, len, name, 0, JPEG_MAX_PIXELS_DEFAULT, &fw, &fh, &cs, err);
+    tjDestroy(tj);
+    if (rc == 0) {
+        *w = fw;
+        *h = fh;
+    }
+    return rc;
+}
+
+/* Reads a whole regular file into a malloc'ed buffer. The file is opened non-blocking and
+ * checked with fstat before any read: a FIFO would otherwise block the open, and seeking to the
+ * end of a directory reports a nonsense size instead of failing. */
 static int jpeg_read_file(const char *path, uint8_t **data, size_t *len, Err *err)
 {
-    FILE *f = fopen(path, "rb");
-    if (!f)
+    int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+    if (fd < 0)
         return err_set(err, "%s: %s", path, strerror(errno));
-    long size = -1;
-    if (fseek(f, 0, SEEK_END) == 0)
-        size = ftell(f);
-    if (size < 0 || fseek(f, 0, SEEK_SET) != 0) {
-        fclose(f);
-        return err_set(err, "%s: cannot determine the file size", path);
+    struct stat st;
+    if (fstat(fd, &st) != 0) {
+        int e = errno;
+        close(fd);
+        return err_set(err, "%s: %s", path, strerror(e));
     }
-    if (size > JPEG_MAX_FILE_BYTES) {
-        fclose(f);
-        return err_set(err, "%s: file of %ld bytes is too large for a JPEG", path, size);
+    if (!S_ISREG(st.st_mode)) {
+        close(fd);
+        return err_set(err, "%s: %s, not a JPEG file", path,
+                       S_ISDIR(st.st_mode) ? "is a directory" : "not a regular file");
     }
-    *data = malloc(size > 0 ? (size_t)size : 1);
-    size_t got = *data ? fread(*data, 1, (size_t)size, f) : 0;
-    int bad = !*data || got != (size_t)size || ferror(f);
-    fclose(f);
-    if (bad) {
+    if (st.st_size > JPEG_MAX_FILE_BYTES) {
+        close(fd);
+        return err_set(err, "%s: file of %lld bytes is too large for a JPEG", path,
+                       (long long)st.st_size);
+    }
+    size_t size = (size_t)st.st_size, got = 0;
+    *data = malloc(size > 0 ? size : 1);
+    while (*data && got < size) {
+        ssize_t n = read(fd, *data + got, size - got);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            break;
+        got += (size_t)n;
+    }
+    close(fd);
+    if (!*data || got != size) {
         free(*data);
         *data = NULL;
-        return err_set(err, "%s: read failed", path);
+        return err_set(err, "%s: read failed (%zu of %zu bytes)", path, got, size);
     }
-    *len = (size_t)size;
+    *len = size;
     return 0;
 }
 

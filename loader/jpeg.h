@@ -6,8 +6,8 @@
  * converted the way Pillow does it (Adobe inverted CMYK, see jpeg.c). Scaled decode (1/2, 1/4,
  * 1/8) is faster but is not what PIL does, so it stays off (min_w = min_h = 0) for eval parity.
  *
- * Errors (missing file, not a JPEG, truncated or corrupt data, absurd size) return -1 with one line
- * in Err naming the file; nothing here prints or exits. */
+ * Errors (missing, empty or non-regular file, not a JPEG, truncated or corrupt data, absurd size)
+ * return -1 with one line in Err naming the file; nothing here prints or exits. */
 #ifndef EFFDET_LOADER_JPEG_H
 #define EFFDET_LOADER_JPEG_H
 
@@ -51,8 +51,16 @@ typedef struct JpegDecodeOptions {
 int jpeg_decode_mem(const uint8_t *buf, size_t len, const char *name, const JpegDecodeOptions *opt,
                     RgbImage *out, Err *err);
 
-/* Reads path and decodes it as jpeg_decode_mem does. */
+/* Reads path and decodes it as jpeg_decode_mem does. Directories and other non-regular files are
+ * refused before reading. */
 int jpeg_decode_file(const char *path, const JpegDecodeOptions *opt, RgbImage *out, Err *err);
+
+/* The full-size (unscaled) w x h that the JPEG's frame header states, without decoding pixels, for
+ * sizing buffers before a decode. The same checks as jpeg_decode_mem with default options apply up
+ * to the header: the SOI marker, header warnings accepted, w * h at most JPEG_MAX_PIXELS_DEFAULT.
+ * Damage after the header is not seen, so a later decode can still fail. On error *w = *h = 0. */
+int jpeg_read_header_mem(const uint8_t *buf, size_t len, const char *name, int *w, int *h,
+                         Err *err);
 
 /* Encodes img as a baseline JPEG (4:4:4 chroma, so thin coloured lines survive) at quality 1..100.
  * *out is malloc'ed (free() it) and *out_len is its size. */

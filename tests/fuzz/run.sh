@@ -5,6 +5,8 @@
 #                   place from the fixtures folder (EFFDET_FIXTURES, default ../shared/fixtures)
 #   fuzz_wire       the msgpack message decoder and the evaluator process's message handling;
 #                   seeds: messages written by tests/fuzz/wire_seeds.c
+#   fuzz_jpeg       the JPEG decoder (loader/jpeg.c: header read, full and scaled decode);
+#                   seeds: small JPEGs of every colour form written by tests/fuzz/jpeg_seeds.c
 # Not part of `make test`.
 #   bash tests/fuzz/run.sh [SECONDS] [extra libFuzzer flags...]
 #   FUZZ_TARGETS="fuzz_wire" bash tests/fuzz/run.sh 120     # one target only
@@ -18,18 +20,20 @@ CLANG=${CLANG:-$(command -v clang || command -v clang-14 || true)}
 [ -n "$CLANG" ] || { echo "fuzz: clang not found (apt-get install clang libclang-rt-14-dev)"; exit 1; }
 FIX=${EFFDET_FIXTURES:-../shared/fixtures}
 CFLAGS="-std=gnu11 -g -O1 -I. -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined"
-PKG_CFLAGS=$(pkg-config --cflags libcjson msgpack libzmq)
-PKG_LIBS=$(pkg-config --libs libcjson msgpack libzmq)
+PKG_CFLAGS=$(pkg-config --cflags libcjson msgpack libzmq libturbojpeg)
+PKG_LIBS=$(pkg-config --libs libcjson msgpack libzmq libturbojpeg)
 EVAL_SRCS="evaluator/coco_eval.c evaluator/coco_eval_match.c evaluator/coco_eval_accum.c"
-WIRE_SRCS="shared/wire.c shared/safetensors.c shared/err.c"
+WIRE_SRCS="shared/wire.c shared/shm.c shared/safetensors.c shared/err.c"
 # Each target: the library sources it needs, its dictionary, and its seed folders.
 declare -A SRCS=(
   [fuzz_coco_json]="shared/coco.c shared/json_reader.c shared/err.c $EVAL_SRCS"
   [fuzz_wire]="$WIRE_SRCS shared/coco.c shared/json_reader.c shared/log.c shared/zmq_util.c
                evaluator/evaluator_proc.c $EVAL_SRCS"
+  [fuzz_jpeg]="loader/jpeg.c shared/err.c"
 )
-declare -A DICT=([fuzz_coco_json]=tests/fuzz/json.dict [fuzz_wire]=tests/fuzz/wire.dict)
-declare -A MAXLEN=([fuzz_coco_json]=100000 [fuzz_wire]=16384)
+declare -A DICT=([fuzz_coco_json]=tests/fuzz/json.dict [fuzz_wire]=tests/fuzz/wire.dict
+                 [fuzz_jpeg]=tests/fuzz/jpeg.dict)
+declare -A MAXLEN=([fuzz_coco_json]=100000 [fuzz_wire]=16384 [fuzz_jpeg]=32768)
 seeds_of() {
   case $1 in
     fuzz_coco_json) ls -d "$FIX"/coco_eval/case_* 2>/dev/null || true ;;
@@ -40,6 +44,13 @@ seeds_of() {
         tests/fuzz/wire_seeds.c $WIRE_SRCS $PKG_LIBS -lm &&
         build/fuzz/fuzz_wire/wire_seeds build/fuzz/fuzz_wire/seeds &&
         echo build/fuzz/fuzz_wire/seeds ;;
+    fuzz_jpeg)
+      mkdir -p build/fuzz/fuzz_jpeg/seeds
+      # shellcheck disable=SC2086
+      "$CLANG" -std=gnu11 -g -O1 -I. $PKG_CFLAGS -o build/fuzz/fuzz_jpeg/jpeg_seeds \
+        tests/fuzz/jpeg_seeds.c $PKG_LIBS &&
+        build/fuzz/fuzz_jpeg/jpeg_seeds build/fuzz/fuzz_jpeg/seeds &&
+        echo build/fuzz/fuzz_jpeg/seeds ;;
   esac
 }
 status=0
