@@ -14,6 +14,7 @@
 #include <string.h>
 
 #include "augment/augment_proc.h"
+#include "shared/flags.h"
 #include "shared/stop_signal.h"
 
 static const char USAGE[] =
@@ -22,43 +23,7 @@ static const char USAGE[] =
     "[--interp random|bilinear|bicubic] [--fill mean|zero] [--scale-min X] [--scale-max X] "
     "[--no-flip] [--loader-window N] [--hb-ms MS] [--dead-ms MS]";
 
-static int usage_error(const char *what)
-{
-    fprintf(stderr, "effdet-augment: %s (%s)\n", what, USAGE);
-    return 2;
-}
-
-static int parse_long(const char *s, long min, long max, long *v)
-{
-    char *end;
-    errno = 0;
-    *v = strtol(s, &end, 10);
-    return end != s && !*end && !errno && *v >= min && *v <= max ? 0 : -1;
-}
-
-static int parse_double(const char *s, double min, double max, double *v)
-{
-    char *end;
-    errno = 0;
-    *v = strtod(s, &end);
-    return end != s && !*end && !errno && *v >= min && *v <= max ? 0 : -1;
-}
-
-/* "HxW" or "N". */
-static int parse_hw(const char *s, int *h, int *w)
-{
-    char *end;
-    long a = strtol(s, &end, 10), b = a;
-    if (end == s) return -1;
-    if (*end == 'x') {
-        const char *t = end + 1;
-        b = strtol(t, &end, 10);
-        if (end == t) return -1;
-    }
-    if (*end || a < 1 || b < 1 || a > 16384 || b > 16384) return -1;
-    *h = (int)a, *w = (int)b;
-    return 0;
-}
+static int usage_error(const char *what) { return flags_usage_error("effdet-augment", USAGE, what); }
 
 enum { MAX_LOADERS = 64 };
 
@@ -80,45 +45,42 @@ int main(int argc, char **argv)
     AugInterp interp = AUG_RANDOM;
     StDtype dtype = ST_F32;
     double smin = 0.1, smax = 2.0;
-    unsigned long long seed = 0;
+    uint64_t seed = 0;
     char *loader_list = NULL, bad[160];
     const char *loaders[MAX_LOADERS];
     long v;
     int c;
     opterr = 0;
     while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
-        char *end;
         switch (c) {
         case 'L': loader_list = optarg; break;
         case 'l': cfg.endpoint = optarg; break;
         case 'n': cfg.name = optarg; break;
         case 'F': flip = 0; break;
         case 'b':
-            if (parse_long(optarg, 1, AUGMENT_MAX_BATCH, &v)) return usage_error("bad --batch");
+            if (flags_long(optarg, 1, AUGMENT_MAX_BATCH, &v)) return usage_error("bad --batch");
             cfg.batch = (int)v;
             break;
         case 'S':
-            if (parse_hw(optarg, &h, &w)) return usage_error("--image-size must be HxW");
+            if (flags_hw(optarg, &h, &w)) return usage_error("--image-size must be HxW");
             break;
         case 's':
-            errno = 0;
-            seed = strtoull(optarg, &end, 10);
-            if (end == optarg || *end || errno) return usage_error("--seed must be an integer");
+            if (flags_u64(optarg, &seed)) return usage_error("--seed must be an integer >= 0");
             break;
         case 'k':
-            if (parse_long(optarg, 1, 64, &v)) return usage_error("--slots must be in 1..64");
+            if (flags_long(optarg, 1, 64, &v)) return usage_error("--slots must be in 1..64");
             cfg.slots = (uint32_t)v;
             break;
         case 'w':
-            if (parse_long(optarg, 1, 1024, &v)) return usage_error("--loader-window: 1..1024");
+            if (flags_long(optarg, 1, 1024, &v)) return usage_error("--loader-window: 1..1024");
             cfg.loader_window = (uint32_t)v;
             break;
         case 'H':
-            if (parse_long(optarg, 10, 60000, &v)) return usage_error("--hb-ms: 10..60000");
+            if (flags_long(optarg, 10, 60000, &v)) return usage_error("--hb-ms: 10..60000");
             cfg.hb_ms = (int)v;
             break;
         case 'D':
-            if (parse_long(optarg, 50, 600000, &v)) return usage_error("--dead-ms: 50..600000");
+            if (flags_long(optarg, 50, 600000, &v)) return usage_error("--dead-ms: 50..600000");
             cfg.dead_ms = (int)v;
             break;
         case 'd':
@@ -139,10 +101,10 @@ int main(int argc, char **argv)
             else return usage_error("--fill must be mean or zero");
             break;
         case 'm':
-            if (parse_double(optarg, 0.01, 10, &smin)) return usage_error("--scale-min: 0.01..10");
+            if (flags_double(optarg, 0.01, 10, &smin)) return usage_error("--scale-min: 0.01..10");
             break;
         case 'M':
-            if (parse_double(optarg, 0.01, 10, &smax)) return usage_error("--scale-max: 0.01..10");
+            if (flags_double(optarg, 0.01, 10, &smax)) return usage_error("--scale-max: 0.01..10");
             break;
         case 'h': printf("%s\n", USAGE); return 0;
         default:

@@ -9,15 +9,13 @@
  * Exit status: 0 after a shutdown message or a signal, 1 for a bad ground truth or a socket that
  * cannot be opened (one line on stderr), 2 for bad flags. */
 #include <errno.h>
-#include <fcntl.h>
 #include <getopt.h>
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 #include "evaluator/evaluator_proc.h"
+#include "shared/flags.h"
 #include "shared/stop_signal.h"
 
 static const char USAGE[] =
@@ -26,8 +24,7 @@ static const char USAGE[] =
 
 static int usage_error(const char *what)
 {
-    fprintf(stderr, "effdet-evaluator: %s (%s)\n", what, USAGE);
-    return 2;
+    return flags_usage_error("effdet-evaluator", USAGE, what);
 }
 
 int main(int argc, char **argv)
@@ -42,14 +39,12 @@ int main(int argc, char **argv)
     int c;
     opterr = 0;
     while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
-        char *end;
         switch (c) {
         case 'g': cfg.gt_path = optarg; break;
         case 'l': cfg.listen = optarg; break;
         case 'p': cfg.publish = optarg; break;
         case 't':
-            cfg.timeout_s = strtod(optarg, &end);
-            if (end == optarg || *end || !(cfg.timeout_s > 0 && cfg.timeout_s < 1e6))
+            if (flags_double(optarg, 1e-3, 1e6, &cfg.timeout_s))
                 return usage_error("--timeout must be a number of seconds > 0");
             break;
         case 'h': printf("%s\n", USAGE); return 0;

@@ -13,25 +13,14 @@
 #include <string.h>
 
 #include "loader/loader_proc.h"
+#include "shared/flags.h"
 #include "shared/stop_signal.h"
 
 static const char USAGE[] =
     "usage: effdet-loader (--data DIR | --ann FILE --images DIR) --listen ENDPOINT [--name NAME] "
     "[--slots N] [--num-classes N] [--skip-bad-images] [--hb-ms MS]";
 
-static int usage_error(const char *what)
-{
-    fprintf(stderr, "effdet-loader: %s (%s)\n", what, USAGE);
-    return 2;
-}
-
-static int parse_long(const char *s, long min, long max, long *v)
-{
-    char *end;
-    errno = 0;
-    *v = strtol(s, &end, 10);
-    return end != s && !*end && !errno && *v >= min && *v <= max ? 0 : -1;
-}
+static int usage_error(const char *what) { return flags_usage_error("effdet-loader", USAGE, what); }
 
 int main(int argc, char **argv)
 {
@@ -57,16 +46,16 @@ int main(int argc, char **argv)
         case 'n': cfg.name = optarg; break;
         case 'k': cfg.skip_bad_images = 1; break;
         case 's':
-            if (parse_long(optarg, 1, 4096, &v)) return usage_error("--slots must be in 1..4096");
+            if (flags_long(optarg, 1, 4096, &v)) return usage_error("--slots must be in 1..4096");
             cfg.slots = (uint32_t)v;
             break;
         case 'c':
-            if (parse_long(optarg, 1, 100000, &v))
+            if (flags_long(optarg, 1, 100000, &v))
                 return usage_error("--num-classes must be in 1..100000");
             cfg.num_classes = (int)v;
             break;
         case 'b':
-            if (parse_long(optarg, 10, 60000, &v)) return usage_error("--hb-ms must be in 10..60000");
+            if (flags_long(optarg, 10, 60000, &v)) return usage_error("--hb-ms must be in 10..60000");
             cfg.hb_ms = (int)v;
             break;
         case 'h': printf("%s\n", USAGE); return 0;
