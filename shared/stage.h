@@ -20,7 +20,9 @@
  *   outstanding keys back to the front of the queue, for whichever producer has room first (the
  *   restarted one, or another). Messages are read before timeouts are judged, so a consumer busy
  *   for minutes (a training step) does not mistake its own silence for a producer's death.
- *   Producers do not time consumers out (a worker may compute for long between calls); they
+ *   A producer answers a message from a consumer it does not know (or one addressed to another
+ *   incarnation) with a heartbeat, so a consumer notices a restarted producer at its first
+ *   message and says hello at once. Producers do not time consumers out (a worker may compute for long between calls); they
  *   release a consumer's slots when it is replaced (new incarnation) or when told by the
  *   coordinator.
  * - Exactly once. A result is accepted only for a key still outstanding; a late duplicate (from a
@@ -152,7 +154,7 @@ typedef struct StagePeer {
     int alive;       /* 0 before a welcome and after dead_ms of silence (until it speaks again) */
     int seg;         /* index into StageClient.segs of inc's segment, -1 before a welcome */
     uint32_t outstanding;
-    int64_t last_heard_ms, last_sent_ms;
+    int64_t last_heard_ms, last_sent_ms, last_hello_ms;
     zmq_msg_t welcome_msg; /* the latest welcome, kept decoded for its info fields */
     WireMsg welcome;
     int has_welcome;

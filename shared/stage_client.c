@@ -33,6 +33,7 @@ static void client_send(StageClient *c, int pi, WireWriter *w)
 
 static void send_hello(StageClient *c, int pi)
 {
+    c->peers[pi].last_hello_ms = stage_now_ms();
     WireWriter w;
     wire_writer_init(&w, "hello", 2);
     wire_put_str(&w, "name", c->cfg.name);
@@ -214,7 +215,13 @@ static int on_message(StageClient *c, int pi, StageResult *r, Err *err)
     if (!strcmp(r->done.type, "welcome")) return on_welcome(c, pi, r, err) < 0 ? -1 : STAGE_NONE;
     uint64_t inc;
     if (wire_get_uint(&r->done.root, "inc", &inc, err) < 0) return -1;
-    if (!p->has_welcome || inc != p->inc) return STAGE_NONE; /* an incarnation we do not serve */
+    if (!p->has_welcome || inc != p->inc) {
+        /* A producer incarnation that has not welcomed us: it was (re)started and does not know
+         * us yet. Say hello now; its welcome re-issues what the old one had. */
+        if (!strcmp(r->done.type, "hb") && stage_now_ms() - p->last_hello_ms >= c->cfg.hb_ms / 4)
+            send_hello(c, pi);
+        return STAGE_NONE;
+    }
     p->last_heard_ms = stage_now_ms();
     p->alive = 1; /* declared dead too early: it was only slow */
     if (!strcmp(r->done.type, "hb")) return STAGE_NONE;

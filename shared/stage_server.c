@@ -73,6 +73,21 @@ static void server_welcome(StageServer *s, int ci)
     wire_writer_free(&w);
 }
 
+/* A heartbeat to a sender we do not know, or that addressed another incarnation: it tells a
+ * consumer that its producer was restarted, so it says hello at once rather than after dead_ms. */
+static void server_hint(StageServer *s, const uint8_t *id, size_t id_len)
+{
+    WireWriter w;
+    wire_writer_init(&w, "hb", 1);
+    wire_put_uint(&w, "inc", s->inc);
+    size_t len;
+    const void *data = wire_writer_data(&w, &len);
+    Err err;
+    if (zmq_util_router_send(&s->sock, id, id_len, data, len, &err) < 0)
+        log_warn("stage %s: %s", s->cfg.endpoint, err.msg);
+    wire_writer_free(&w);
+}
+
 /* ---- consumers ----------------------------------------------------------------------------- */
 
 static void slot_free(StageServer *s, uint32_t i)
@@ -88,8 +103,8 @@ static void release_client(StageServer *s, int ci)
 {
     for (uint32_t i = 0; i < s->seg.n_slots; i++)
         if (s->slot_client[i] == ci && s->slot_state[i] == SLOT_HELD) slot_free(s, i);
+    s->n_released += s->clients[ci].live;
     s->clients[ci].live = 0;
-    s->n_released++;
 }
 
 static int find_client_by_id(const StageServer *s, const uint8_t *id, size_t id_len)
@@ -143,7 +158,8 @@ static void on_hello(StageServer *s, const WireMsg *m, const uint8_t *id, size_t
     server_welcome(s, ci);
 }
 
-static void on_req(StageServer *s, WireMsg *m, zmq_msg_t *msg, int ci)
+static void on_req(StageServer *s, WireMsg *m, zmq_msg_t *msg, int ci, const uint8_t *id,
+                   size_t id_len)
 {
     uint64_t inc, to, key;
     Err err;
@@ -156,6 +172,7 @@ static void on_req(StageServer *s, WireMsg *m, zmq_msg_t *msg, int ci)
     }
     if (ci < 0 || to != s->inc || inc != s->clients[ci].inc) {
         s->n_stale++; /* meant for a previous incarnation of one side */
+        if (ci < 0 || to != s->inc) server_hint(s, id, id_len);
         return;
     }
     if (s->q_len == s->cfg.queue_cap) {
@@ -175,7 +192,8 @@ static void on_req(StageServer *s, WireMsg *m, zmq_msg_t *msg, int ci)
     zmq_msg_move(&q->msg, msg);
 }
 
-static void on_credit(StageServer *s, const WireMsg *m, int ci)
+static void on_credit(StageServer *s, const WireMsg *m, int ci, const uint8_t *id,
+                      size_t id_len)
 {
     uint64_t inc, to, slot;
     Err err;
@@ -190,6 +208,7 @@ static void on_credit(StageServer *s, const WireMsg *m, int ci)
         s->slot_state[slot] != SLOT_HELD || s->slot_client[slot] != ci ||
         s->slot_inc[slot] != inc) {
         s->n_stale++;
+        if (ci < 0 || to != s->inc) server_hint(s, id, id_len);
         return;
     }
     slot_free(s, (uint32_t)slot);
@@ -278,9 +297,11 @@ int stage_server_pump(StageServer *s, Err *err)
         } else {
             int ci = find_client_by_id(s, id, id_len);
             if (!strcmp(m.type, "hello")) on_hello(s, &m, id, id_len);
-            else if (!strcmp(m.type, "req")) on_req(s, &m, &msg, ci);
-            else if (!strcmp(m.type, "credit")) on_credit(s, &m, ci);
-            else if (strcmp(m.type, "hb") != 0) {
+            else if (!strcmp(m.type, "req")) on_req(s, &m, &msg, ci, id, id_len);
+            else if (!strcmp(m.type, "credit")) on_credit(s, &m, ci, id, id_len);
+            else if (!strcmp(m.type, "hb")) {
+                if (ci < 0) server_hint(s, id, id_len);
+            } else {
                 s->n_malformed++;
                 log_warn("stage %s: unexpected message '%s'", s->cfg.endpoint, m.type);
             }
