@@ -7,7 +7,8 @@
  *   --mode data     the whole pipeline: --loaders N effdet-loader and --augmenters M
  *                   effdet-augment processes feeding batches to this process
  *
- *   effdet bench --mode augment|handoff|data --data DIR --image-size HxW [--batch-size B]
+ *   effdet bench --mode augment|handoff|data (--data DIR | --ann FILE --images DIR)
+ *                --image-size HxW [--batch-size B]
  *                [--loaders N] [--augmenters M] [--procs P] [--seconds S] [--json]
  *
  * Each prints img/s (--json: one JSON object with img_per_s). */
@@ -30,11 +31,12 @@
 #include "worker/batch_stream.h"
 
 static const char *USAGE =
-    "effdet bench --mode augment|handoff|data --data DIR --image-size HxW [--batch-size B] "
+    "effdet bench --mode augment|handoff|data (--data DIR | --ann FILE --images DIR) "
+    "--image-size HxW [--batch-size B] "
     "[--loaders N] [--augmenters M] [--procs P] [--seconds S] [--json]";
 
 typedef struct DataBenchArgs {
-    const char *mode, *data;
+    const char *mode, *data, *ann, *images;
     long batch, loaders, augmenters, procs;
     double seconds;
     int h, w, json;
@@ -54,7 +56,8 @@ static int parse(int argc, char **argv, DataBenchArgs *a, Err *err)
         {"image-size", required_argument, 0, 's'}, {"batch-size", required_argument, 0, 'b'},
         {"loaders", required_argument, 0, 'l'}, {"augmenters", required_argument, 0, 'a'},
         {"procs", required_argument, 0, 'p'},   {"seconds", required_argument, 0, 'S'},
-        {"json", no_argument, 0, 'j'},          {0, 0, 0, 0}};
+        {"json", no_argument, 0, 'j'},          {"ann", required_argument, 0, 'A'},
+        {"images", required_argument, 0, 'I'},  {0, 0, 0, 0}};
     *a = (DataBenchArgs){.batch = 8, .loaders = 1, .augmenters = 1, .procs = 1, .seconds = 5,
                          .h = 512, .w = 512};
     int opt;
@@ -63,6 +66,8 @@ static int parse(int argc, char **argv, DataBenchArgs *a, Err *err)
         switch (opt) {
         case 'm': a->mode = optarg; break;
         case 'D': a->data = optarg; break;
+        case 'A': a->ann = optarg; break;
+        case 'I': a->images = optarg; break;
         case 'j': a->json = 1; break;
         case 's': if (cli_parse_hw("--image-size", optarg, &a->h, &a->w, err)) return -1; break;
         case 'b': if (cli_parse_int("--batch-size", optarg, 1, BATCH_STREAM_MAX, &a->batch, err)) return -1; break;
@@ -74,8 +79,9 @@ static int parse(int argc, char **argv, DataBenchArgs *a, Err *err)
         }
     }
     if (optind < argc) return err_set(err, "unexpected argument '%s'", argv[optind]);
-    if (strcmp(a->mode, "handoff") && !a->data)
-        return err_set(err, "--mode %s needs --data DIR (a COCO-format dataset)", a->mode);
+    if (strcmp(a->mode, "handoff") && !a->data && !(a->ann && a->images))
+        return err_set(err, "--mode %s needs a dataset: --data DIR or --ann FILE --images DIR",
+                       a->mode);
     return 0;
 }
 
@@ -85,7 +91,9 @@ static int parse(int argc, char **argv, DataBenchArgs *a, Err *err)
 static int augment_rate(const DataBenchArgs *a, double *ips, Err *err)
 {
     Dataset ds;
-    if (dataset_open_dir(&ds, a->data, 0, err) < 0) return -1;
+    if ((a->data ? dataset_open_dir(&ds, a->data, 0, err)
+                 : dataset_open(&ds, a->ann, a->images, 0, err)) < 0)
+        return -1;
     AugConfig cfg = aug_config_default(a->h, a->w);
     LoaderDecoder dec = {0};
     AugScratch scratch = {0};
@@ -222,7 +230,7 @@ static int handoff_bench(const DataBenchArgs *a, double *ips, Err *err)
 
 static int pipeline_bench(const DataBenchArgs *a, double *ips, Err *err)
 {
-    DataPipelineConfig pc = {.data = a->data, .loaders = (int)a->loaders,
+    DataPipelineConfig pc = {.data = a->data, .ann = a->ann, .images = a->images, .loaders = (int)a->loaders,
                              .augmenters = (int)a->augmenters, .batch = (int)a->batch,
                              .height = a->h, .width = a->w, .seed = 1, .aug_slots = 3};
     DataPipeline p;
