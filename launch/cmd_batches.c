@@ -147,7 +147,6 @@ int cmd_batches(int argc, char **argv)
         for (char *t = strtok(a.connect, ","); t && n_eps < DATA_PIPELINE_MAX; t = strtok(NULL, ","))
             eps[n_eps++] = t;
     } else {
-        a.pipe.seed = a.pipe.seed;
         if (data_pipeline_start(&pipe, &a.pipe, &err) < 0) return cli_fail("batches", &err);
         for (int i = 0; i < pipe.n_aug; i++) eps[n_eps++] = pipe.aug_ptrs[i];
     }
@@ -173,7 +172,8 @@ int cmd_batches(int argc, char **argv)
     }
     if (rc == 0 && a.log && (fd = open(a.log, O_WRONLY | O_CREAT | O_APPEND, 0644)) < 0)
         rc = err_set(&err, "%s: %s", a.log, strerror(errno));
-    char *line = malloc(64 + (size_t)a.pipe.batch * 16);
+    char *line = malloc(64 + (size_t)a.pipe.batch * 32);
+    uint64_t n_batches = 0, n_samples = 0, n_replaced = 0, n_dropped = 0;
     while (rc == 0 && line) {
         Batch b;
         if ((rc = batch_stream_next(&s, &b, stop_fd, &err)) != 0) break;
@@ -186,6 +186,8 @@ int cmd_batches(int argc, char **argv)
         for (int j = 0; j < a.pipe.batch; j++)
             n += sprintf(line + n, " %" PRId64 ":%d", b.index[j], b.valid[j]);
         line[n++] = '\n';
+        n_batches++, n_samples += (uint64_t)b.n_valid, n_dropped += b.boxes_dropped;
+        for (int j = 0; j < a.pipe.batch; j++) n_replaced += b.valid[j] && b.replaced[j];
         batch_stream_release(&s, &b);
         if (fd >= 0 && (write(fd, line, (size_t)n) != n || fsync(fd) != 0))
             rc = err_set(&err, "%s: %s", a.log, strerror(errno));
@@ -200,5 +202,9 @@ int cmd_batches(int argc, char **argv)
     zmq_util_ctx_term(zctx);
     if (!a.connect) data_pipeline_stop(&pipe);
     if (rc < 0) return cli_fail("batches", &err);
+    fprintf(stderr, "effdet batches: %llu batches, %llu samples (%llu unreadable images replaced), "
+                    "%llu boxes dropped by the transform\n", (unsigned long long)n_batches,
+            (unsigned long long)n_samples, (unsigned long long)n_replaced,
+            (unsigned long long)n_dropped);
     return 0;
 }
