@@ -119,7 +119,7 @@ static void task_end(Augmenter *a, BatchTask *bt)
 static int task_fail(Augmenter *a, BatchTask *bt, const char *why, Err *err)
 {
     char line[STAGE_ERROR_CAP + 64];
-    snprintf(line, sizeof line, "batch of epoch %u: %s", bt->epoch, why);
+    snprintf(line, sizeof line, "%s: %s", a->cfg->name, why);
     task_end(a, bt);
     return stage_server_fail(&a->srv, &bt->t, line, err);
 }

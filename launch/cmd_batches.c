@@ -23,6 +23,7 @@
 #include "launch/cli.h"
 #include "launch/commands.h"
 #include "launch/data_pipeline.h"
+#include "shared/log.h"
 #include "shared/stop_signal.h"
 #include "worker/batch_stream.h"
 
@@ -129,6 +130,8 @@ static int resume_point(const char *path, long *epoch, long *b, Err *err)
     return 0;
 }
 
+static int pipeline_alive(void *arg, Err *err) { return data_pipeline_check(arg, err); }
+
 int cmd_batches(int argc, char **argv)
 {
     BatchesArgs a;
@@ -158,6 +161,7 @@ int cmd_batches(int argc, char **argv)
                             .world = (int)a.world, .epoch = (uint32_t)start_epoch,
                             .first_batch = 0, .dead_ms = (int)a.dead_ms,
                             .limits = wire_limits_default()};
+    if (!a.connect) bc.alive = pipeline_alive, bc.alive_arg = &pipe;
     int fd = -1;
     rc = zctx ? 0 : -1;
     if (rc == 0) rc = batch_stream_init(&s, zctx, &bc, &err);
@@ -194,7 +198,6 @@ int cmd_batches(int argc, char **argv)
         else if (fd < 0 && fwrite(line, 1, (size_t)n, stdout) != (size_t)n)
             rc = err_set(&err, "stdout: %s", strerror(errno));
         if (a.delay_ms) usleep((useconds_t)a.delay_ms * 1000);
-        if (!a.connect && rc == 0) rc = data_pipeline_check(&pipe, &err);
     }
     free(line);
     if (fd >= 0) close(fd);
@@ -202,8 +205,11 @@ int cmd_batches(int argc, char **argv)
     zmq_util_ctx_term(zctx);
     if (!a.connect) data_pipeline_stop(&pipe);
     if (rc < 0) return cli_fail("batches", &err);
-    fprintf(stderr, "effdet batches: %llu batches, %llu samples (%llu unreadable images replaced), "
-                    "%llu boxes dropped by the transform\n", (unsigned long long)n_batches,
+    if (rc == 1 && stop_signal_raised(stop_fd)) return 130; /* interrupted: not a complete run */
+    /* A warning when images were replaced: the run "worked", but on other data than asked. */
+    log_msg(n_replaced ? LOG_WARN : LOG_INFO,
+            "batches: %llu batches, %llu samples (%llu unreadable images replaced), %llu boxes "
+            "dropped by the transform", (unsigned long long)n_batches,
             (unsigned long long)n_samples, (unsigned long long)n_replaced,
             (unsigned long long)n_dropped);
     return 0;

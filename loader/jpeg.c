@@ -304,7 +304,7 @@ int jpeg_read_header_mem(const uint8_t *buf, size_t len, const char *name, int *
 /* Reads a whole regular file into a malloc'ed buffer. The file is opened non-blocking and
  * checked with fstat before any read: a FIFO would otherwise block the open, and seeking to the
  * end of a directory reports a nonsense size instead of failing. */
-static int jpeg_read_file(const char *path, uint8_t **data, size_t *len, Err *err)
+int jpeg_read_file(const char *path, uint8_t **data, size_t *len, Err *err)
 {
     int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
     if (fd < 0)

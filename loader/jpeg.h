@@ -51,6 +51,10 @@ typedef struct JpegDecodeOptions {
 int jpeg_decode_mem(const uint8_t *buf, size_t len, const char *name, const JpegDecodeOptions *opt,
                     RgbImage *out, Err *err);
 
+/* Reads a whole regular file into *data (malloc'ed; free() it); errors name the file (missing,
+ * empty, a directory, a FIFO, unreadable). */
+int jpeg_read_file(const char *path, uint8_t **data, size_t *len, Err *err);
+
 /* Reads path and decodes it as jpeg_decode_mem does. Directories and other non-regular files are
  * refused before reading. */
 int jpeg_decode_file(const char *path, const JpegDecodeOptions *opt, RgbImage *out, Err *err);

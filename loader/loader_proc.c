@@ -12,6 +12,7 @@
 #include "loader/loader_proc.h"
 
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "shared/check.h"
@@ -36,7 +37,9 @@ int loader_slot_bytes(const Dataset *ds, size_t *bytes, Err *err)
 
 void loader_decoder_free(LoaderDecoder *d) { rgb_image_free(&d->img); }
 
-/* Decodes one index; an image larger than its annotation is an error too (it would not fit). */
+/* Decodes one index. The JPEG's own size (from its header, whatever the decode scale) must not
+ * exceed its annotation's: the slot is sized from the annotations, and the answer must not depend
+ * on the scale a random draw picked. */
 static int decode_one(LoaderDecoder *d, const DatasetImage *im, double fit_h, double fit_w,
                       Err *err)
 {
@@ -48,11 +51,16 @@ static int decode_one(LoaderDecoder *d, const DatasetImage *im, double fit_h, do
             opt.min_h = (int)ceil(im->height * s);
         }
     }
-    if (jpeg_decode_file(im->path, &opt, &d->img, err) < 0) return -1;
-    if (d->img.w > im->width || d->img.h > im->height)
-        return err_set(err, "%s: the JPEG is %d x %d but the annotations say %d x %d", im->path,
-                       d->img.w, d->img.h, im->width, im->height);
-    return 0;
+    uint8_t *data = NULL;
+    size_t len = 0;
+    int w, h, rc = jpeg_read_file(im->path, &data, &len, err);
+    if (rc == 0) rc = jpeg_read_header_mem(data, len, im->path, &w, &h, err);
+    if (rc == 0 && (w > im->width || h > im->height))
+        rc = err_set(err, "%s: the JPEG is %d x %d but the annotations say %d x %d", im->path, w,
+                     h, im->width, im->height);
+    if (rc == 0) rc = jpeg_decode_mem(data, len, im->path, &opt, &d->img, err);
+    free(data);
+    return rc;
 }
 
 int loader_decode(LoaderDecoder *d, const Dataset *ds, size_t index, double fit_h, double fit_w,

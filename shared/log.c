@@ -4,6 +4,7 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <errno.h>
 #include <string.h>
 
 LogLevel log_level(void)
@@ -20,10 +21,17 @@ void log_msg(LogLevel level, const char *fmt, ...)
 {
     static const char *names[] = {"error", "warning", "info", "debug"};
     if (level > log_level()) return;
+    /* One write per line: several processes share the terminal, and separate writes of prefix,
+     * text and newline interleave mid-line. Long lines are cut rather than split. */
+    char line[4096];
+    int n = snprintf(line, sizeof line, "%s: %s: ", program_invocation_short_name, names[level]);
     va_list ap;
     va_start(ap, fmt);
-    fprintf(stderr, "effdet: %s: ", names[level]);
-    vfprintf(stderr, fmt, ap);
-    fputc('\n', stderr);
+    if (n >= 0 && (size_t)n < sizeof line - 1)
+        n += vsnprintf(line + n, sizeof line - 1 - (size_t)n, fmt, ap);
     va_end(ap);
+    if (n < 0) return;
+    if ((size_t)n > sizeof line - 2) n = (int)sizeof line - 2;
+    line[n++] = '\n';
+    fwrite(line, 1, (size_t)n, stderr);
 }

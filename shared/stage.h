@@ -25,6 +25,10 @@
  *   message and says hello at once. Producers do not time consumers out (a worker may compute for long between calls); they
  *   release a consumer's slots when it is replaced (new incarnation) or when told by the
  *   coordinator.
+ * - Room. A producer gets a request only while the requests outstanding there stay below the
+ *   window and, with the results of it that the consumer still holds, below its slot count: a
+ *   request it has no slot for would wait behind results the consumer keeps (out of order, for
+ *   a key re-issued elsewhere) and never run.
  * - Exactly once. A result is accepted only for a key still outstanding; a late duplicate (from a
  *   producer declared dead too early, or a re-issued key answered twice) is credited back and
  *   dropped. Results of a dead producer's segment stay readable until released (the mapping
@@ -153,7 +157,9 @@ typedef struct StagePeer {
     uint64_t inc;    /* the latest producer incarnation that welcomed us; 0: none yet */
     int alive;       /* 0 before a welcome and after dead_ms of silence (until it speaks again) */
     int seg;         /* index into StageClient.segs of inc's segment, -1 before a welcome */
-    uint32_t outstanding;
+    uint32_t slots;  /* inc's slot count */
+    uint32_t outstanding; /* requests sent and not answered */
+    uint32_t held;   /* results of inc delivered and not yet released: they hold its slots */
     int64_t last_heard_ms, last_sent_ms, last_hello_ms;
     zmq_msg_t welcome_msg; /* the latest welcome, kept decoded for its info fields */
     WireMsg welcome;
@@ -212,6 +218,10 @@ void stage_client_want(StageClient *c, uint64_t key);
 void stage_client_cancel(StageClient *c, uint64_t key);
 /* Wanted keys not yet delivered. */
 size_t stage_client_pending(const StageClient *c);
+/* 1 when a wanted key waits, some producer is alive, and none of them has room or work in
+ * flight: only slots this consumer holds can unblock it (it holds results out of order while
+ * waiting for one that a dead producer had). The caller must give a result back. */
+int stage_client_stalled(const StageClient *c);
 
 /* Distinct from ZMQ_UTIL_AGAIN and ZMQ_UTIL_TERM, which the same calls return. */
 enum { STAGE_NONE = 0, STAGE_RESULT = 16, STAGE_EXTRA = 17, STAGE_FAILED = 18 };

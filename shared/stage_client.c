@@ -80,7 +80,8 @@ static int pick_peer(const StageClient *c)
     int best = -1;
     for (int i = 0; i < c->cfg.n_peers; i++) {
         const StagePeer *p = &c->peers[i];
-        if (!p->alive || p->outstanding >= c->cfg.window) continue;
+        if (!p->alive || p->outstanding >= c->cfg.window || p->outstanding + p->held >= p->slots)
+            continue;
         if (best < 0 || p->outstanding < c->peers[best].outstanding) best = i;
     }
     return best;
@@ -188,7 +189,8 @@ static int on_welcome(StageClient *c, int pi, StageResult *r, Err *err)
                          zmq_msg_size(&p->welcome_msg), &c->cfg.limits, err);
     ASSERT(rc == 0); /* the same bytes decoded a moment ago */
     p->has_welcome = 1;
-    p->inc = inc, p->seg = si, p->alive = 1, p->outstanding = 0;
+    p->inc = inc, p->seg = si, p->alive = 1, p->outstanding = 0, p->held = 0;
+    p->slots = (uint32_t)slots;
     p->last_heard_ms = stage_now_ms();
     return 0;
 }
@@ -251,6 +253,7 @@ static int on_message(StageClient *c, int pi, StageResult *r, Err *err)
         return STAGE_NONE;
     }
     drop_key(c, (size_t)k);
+    p->held++;
     r->key = key, r->peer = pi, r->peer_inc = inc, r->slot = (uint32_t)slot;
     r->seg = &c->segs[p->seg];
     c->n_results++;
@@ -377,6 +380,19 @@ void stage_client_cancel(StageClient *c, uint64_t key)
 
 size_t stage_client_pending(const StageClient *c) { return c->n_keys; }
 
+int stage_client_stalled(const StageClient *c)
+{
+    int pending = 0, live = 0;
+    for (size_t k = 0; k < c->n_keys && !pending; k++) pending = c->keys[k].state == KEY_PENDING;
+    for (int i = 0; i < c->cfg.n_peers; i++) {
+        const StagePeer *p = &c->peers[i];
+        if (!p->alive) continue;
+        if (p->outstanding > 0) return 0; /* work in flight will free room */
+        live = 1;
+    }
+    return pending && live && pick_peer(c) < 0;
+}
+
 int stage_client_poll(StageClient *c, void *extra, int timeout_ms, StageResult *r, Err *err)
 {
     send_due(c);
@@ -403,7 +419,11 @@ int stage_client_poll(StageClient *c, void *extra, int timeout_ms, StageResult *
 
 void stage_client_release(StageClient *c, StageResult *r)
 {
-    if (c->peers[r->peer].inc == r->peer_inc) send_credit(c, r->peer, r->peer_inc, r->slot);
+    StagePeer *p = &c->peers[r->peer];
+    if (p->inc == r->peer_inc) {
+        send_credit(c, r->peer, r->peer_inc, r->slot);
+        if (p->held > 0) p->held--;
+    }
     wire_msg_free(&r->done);
     zmq_msg_close(&r->msg);
 }

@@ -236,6 +236,12 @@ int stage_server_init(StageServer *s, void *zctx, const StageServerConfig *cfg, 
         stage_server_free(s);
         return -1;
     }
+    /* Segments of producers killed before they could unlink them (a restart replaces one):
+     * removing the names is safe, consumers keep what they have mapped. */
+    Err serr;
+    int stale = shm_unlink_stale(&serr);
+    if (stale < 0) log_warn("%s", serr.msg);
+    else if (stale > 0) log_info("removed %d shared-memory segments of dead processes", stale);
     if (shm_segment_create(&s->seg, cfg->seg_tag, cfg->n_slots, cfg->slot_bytes, err) < 0) {
         stage_server_free(s);
         return -1;

@@ -125,6 +125,7 @@ int batch_stream_start(BatchStream *s, int stop_fd, Err *err)
         int rc = stage_client_poll(&s->cli, NULL, s->cli.cfg.hb_ms, &s->results[free_i], err);
         if (rc < 0) return -1;
         if (rc == ZMQ_UTIL_TERM) return 1;
+        if (s->cfg.alive && s->cfg.alive(s->cfg.alive_arg, err) < 0) return -1;
         if (rc == STAGE_RESULT) stage_client_release(&s->cli, &s->results[free_i]);
     }
     if (check_info(s, &info, err) < 0) return -1;
@@ -199,6 +200,22 @@ static void want_ahead(BatchStream *s)
     }
 }
 
+/* Gives back the early result furthest ahead and asks for it again later: the augmenters' slots
+ * are all held by batches that came early while the one needed next waits for room (its
+ * augmenter died; the survivors are full). Costs one batch of work, only after a failure. */
+static void evict_latest(BatchStream *s)
+{
+    int best = -1;
+    for (int i = 0; i < s->n_results; i++)
+        if (s->result_used[i] == 1 && (best < 0 || s->results[i].key > s->results[best].key))
+            best = i;
+    if (best < 0) return;
+    uint64_t key = s->results[best].key;
+    stage_client_release(&s->cli, &s->results[best]);
+    s->result_used[best] = 0;
+    stage_client_want(&s->cli, key);
+}
+
 int batch_stream_next(BatchStream *s, Batch *b, int stop_fd, Err *err)
 {
     if (!s->cfg.train && s->next_b == s->batches_per_epoch) return 1;
@@ -218,9 +235,20 @@ int batch_stream_next(BatchStream *s, Batch *b, int stop_fd, Err *err)
         while (i < s->n_results && s->result_used[i]) i++;
         ASSERT(i < s->n_results); /* one more entry than can be outstanding */
         int rc = stage_client_poll(&s->cli, NULL, s->cli.cfg.hb_ms, &s->results[i], err);
-        if (rc == STAGE_FAILED || rc < 0) return -1;
+        if (rc == STAGE_FAILED)
+            return err_wrap(err, "batch %llu of epoch %u: ",
+                            (unsigned long long)(s->results[i].key & 0xffffffffu),
+                            (uint32_t)(s->results[i].key >> 32));
+        if (rc < 0) return -1;
         if (rc == ZMQ_UTIL_TERM) return 1;
-        if (rc != STAGE_RESULT) continue;
+        if (s->cfg.alive && s->cfg.alive(s->cfg.alive_arg, err) < 0) {
+            if (rc == STAGE_RESULT) stage_client_release(&s->cli, &s->results[i]);
+            return -1;
+        }
+        if (rc != STAGE_RESULT) {
+            if (stage_client_stalled(&s->cli)) evict_latest(s);
+            continue;
+        }
         s->result_used[i] = 1;
         if (fill_batch(s, i, &s->early[i], err) < 0) return -1;
     }

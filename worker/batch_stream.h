@@ -36,6 +36,10 @@ typedef struct BatchStreamConfig {
     uint64_t first_batch;
     int hb_ms, dead_ms;
     WireLimits limits;
+    /* Optional: called between waits; -1 (err set) ends the stream with that error (a data
+     * process this one started has exited, say). */
+    int (*alive)(void *arg, Err *err);
+    void *alive_arg;
 } BatchStreamConfig;
 
 /* One batch: views into the augmenter's slot, valid until batch_stream_release. */

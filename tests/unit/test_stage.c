@@ -524,8 +524,12 @@ static void test_consumer_replaced(void **state)
     a->hold = 1;
     v->budget = 2;
     want_range(a, 0, 10);
-    /* A holds 2 results; 2 more are being worked on (the slots are full), 2 wait in the queue. */
-    RUN_UNTIL(h, cli_held(a) == 2 && srv_tasks(v) == 2 && v->s.q_len == 2, 3000);
+    /* A holds 2 results and 2 more are being worked on: the slots are full, so A (which counts
+     * the slots it holds) sends nothing more, though its window would allow it. */
+    RUN_UNTIL(h, cli_held(a) == 2 && srv_tasks(v) == 2, 3000);
+    run_for(h, 5 * HB_MS);
+    assert_int_equal(v->s.q_len, 0);
+    assert_int_equal(a->c.peers[0].outstanding, 2);
     assert_int_equal(stage_server_busy(&v->s), 4);
     cli_crash(a);
     cli_start(b, h->ctx, "w", h->eps, 1, 2);
