@@ -337,6 +337,12 @@ int augment_run(const AugmentConfig *cfg, int stop_fd, Err *err)
         }
     }
     rc = rc < 0 ? -1 : 0;
+    for (uint32_t i = 0; a.tasks && i < slots; i++) /* batches still in progress at the stop */
+        if (a.tasks[i].used) {
+            Err ferr;
+            task_end(&a, &a.tasks[i]);
+            stage_server_fail(&a.srv, &a.tasks[i].t, "the augmenter is stopping", &ferr);
+        }
     stage_server_free(&a.srv);
     stage_client_free(&a.cli);
     zmq_util_ctx_term(zctx);
