@@ -262,6 +262,17 @@ static int jpeg_decode_with(tjhandle tj, const uint8_t *buf, size_t len, const c
     return jpeg_decode_pixels(tj, buf, len, out->px, out->w, out->h, TJPF_RGB, opt, name, err);
 }
 
+/* A decompressor for buf once it looks like a JPEG; NULL with err set otherwise. */
+static tjhandle jpeg_start(const uint8_t *buf, size_t len, const char *name, Err *err)
+{
+    if (jpeg_check_start(buf, len, name, err) < 0)
+        return NULL;
+    tjhandle tj = tjInitDecompress();
+    if (!tj)
+        err_set(err, "%s: cannot start the JPEG decoder: %s", name, tjGetErrorStr2(NULL));
+    return tj;
+}
+
 int jpeg_decode_mem(const uint8_t *buf, size_t len, const char *name, const JpegDecodeOptions *opt,
                     RgbImage *out, Err *err)
 {
@@ -270,11 +281,9 @@ int jpeg_decode_mem(const uint8_t *buf, size_t len, const char *name, const Jpeg
         opt = &defaults;
     if (!name)
         name = "(memory)";
-    if (jpeg_check_start(buf, len, name, err) < 0)
-        return -1;
-    tjhandle tj = tjInitDecompress();
+    tjhandle tj = jpeg_start(buf, len, name, err);
     if (!tj)
-        return err_set(err, "%s: cannot start the JPEG decoder: %s", name, tjGetErrorStr2(NULL));
+        return -1;
     int rc = jpeg_decode_with(tj, buf, len, name, opt, out, err);
     tjDestroy(tj);
     return rc;
@@ -286,11 +295,9 @@ int jpeg_read_header_mem(const uint8_t *buf, size_t len, const char *name, int *
     *w = *h = 0;
     if (!name)
         name = "(memory)";
-    if (jpeg_check_start(buf, len, name, err) < 0)
-        return -1;
-    tjhandle tj = tjInitDecompress();
+    tjhandle tj = jpeg_start(buf, len, name, err);
     if (!tj)
-        return err_set(err, "%s: cannot start the JPEG decoder: %s", name, tjGetErrorStr2(NULL));
+        return -1;
     int cs, fw, fh;
     int rc = jpeg_read_frame(tj, buf, len, name, 0, JPEG_MAX_PIXELS_DEFAULT, &fw, &fh, &cs, err);
     tjDestroy(tj);
