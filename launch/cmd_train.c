@@ -7,7 +7,13 @@
  *     [--resume PATH] [--initial-checkpoint FILE] [--keep K] [--eval-interval E]
  *     [--skip-bad-images] [--log-interval N] [--checkpoint-interval E] [--bn-momentum M]
  *     [--remove-weights PREFIX...] [--freeze-layers PREFIX...] [--head-only]
- *     [--pretrained-backbone FILE] [--device D]
+ *     [--pretrained-backbone FILE] [--device D] [--loaders N --augmenters M]
+ *
+ * Data: by default one process decodes and letterboxes each batch in turn (loader/train_sample.h:
+ * letterbox + flip). --loaders N --augmenters M instead starts the data stages as processes
+ * (effdet-loader x N, effdet-augment x M: effdet's train transform with scale jitter 0.1-2.0,
+ * random crop, flip, random interpolation) that prepare batches while the step runs; the batch
+ * order is the same epoch permutation, and a resumed run gets the same batches it would have.
  *
  * Fine-tuning (worker/trainer.h has the exact rules): --initial-checkpoint with another
  * --num-classes re-initialises the class head's predict conv; --remove-weights PREFIX... keeps the
@@ -25,7 +31,7 @@
  * SIGTERM: the step in flight finishes, a checkpoint is written, the process exits 130; --resume
  * PATH (a checkpoint, or the run directory for its newest checkpoint)
  * continues exactly (same weights, EMA, momentum and data order as a run never stopped).
- * The multi-process pipeline (loaders, augmenters, workers, evaluator) replaces this loop. */
+ * The coordinator (workers, evaluator, supervision) is to replace this loop. */
 #include <errno.h>
 #include <getopt.h>
 #include <signal.h>
@@ -37,9 +43,12 @@
 
 #include "launch/cli.h"
 #include "launch/commands.h"
+#include "launch/data_pipeline.h"
 #include "launch/train_eval.h"
 #include "loader/train_sample.h"
+#include "shared/check.h"
 #include "shared/log.h"
+#include "worker/batch_stream.h"
 #include "worker/trainer.h"
 
 static const char *USAGE =
@@ -48,7 +57,8 @@ static const char *USAGE =
     "[--no-model-ema] [--model-ema-decay D] [--seed S] [--output DIR] [--resume PATH] "
     "[--initial-checkpoint FILE] [--keep K] [--eval-interval E] [--skip-bad-images] "
     "[--log-interval N] [--checkpoint-interval E] [--bn-momentum M] [--smoothing S] [--remove-weights PREFIX...] "
-    "[--freeze-layers PREFIX...] [--head-only] [--pretrained-backbone FILE] [--device D]";
+    "[--freeze-layers PREFIX...] [--head-only] [--pretrained-backbone FILE] [--device D] "
+    "[--loaders N --augmenters M]";
 
 /* The one piece of global state STYLE allows: set by the signal handler, read between steps. */
 static volatile sig_atomic_t stop_requested;
@@ -57,6 +67,7 @@ static void on_signal(int sig) { stop_requested = sig; }
 typedef struct TrainArgs {
     const char *data, *ann, *images, *model, *output, *resume, *initial, *device, *backbone;
     long num_classes, batch, epochs, seed, keep, eval_interval, log_interval, ckpt_interval;
+    long loaders, augmenters; /* 0: decode in this process */
     double lr, warmup_epochs, ema_decay, bn_momentum, smoothing;
     int h, w, ema, skip_bad, head_only;
     const char *freeze[TRAIN_MAX_PREFIXES], *remove[TRAIN_MAX_PREFIXES];
@@ -82,7 +93,8 @@ static int parse_list(const char *flag, int argc, char **argv, const char **list
 
 static int parse(int argc, char **argv, TrainArgs *a, Err *err)
 {
-    enum { O_NOEMA = 256, O_EMA, O_SKIP, O_REMOVE, O_FREEZE, O_HEAD_ONLY, O_BACKBONE };
+    enum { O_NOEMA = 256, O_EMA, O_SKIP, O_REMOVE, O_FREEZE, O_HEAD_ONLY, O_BACKBONE, O_LOADERS,
+           O_AUGMENTERS };
     static const struct option opts[] = {
         {"data", required_argument, 0, 'D'}, {"ann", required_argument, 0, 'A'},
         {"images", required_argument, 0, 'I'}, {"model", required_argument, 0, 'm'},
@@ -102,6 +114,8 @@ static int parse(int argc, char **argv, TrainArgs *a, Err *err)
         {"freeze-layers", required_argument, 0, O_FREEZE},
         {"head-only", no_argument, 0, O_HEAD_ONLY},
         {"pretrained-backbone", required_argument, 0, O_BACKBONE},
+        {"loaders", required_argument, 0, O_LOADERS},
+        {"augmenters", required_argument, 0, O_AUGMENTERS},
         {0, 0, 0, 0}};
     *a = (TrainArgs){.model = "tf_efficientdet_d0", .output = "effdet-train", .device = "cpu",
                      .batch = 8, .epochs = 10, .seed = 42, .keep = 3, .eval_interval = 0,
@@ -140,12 +154,16 @@ static int parse(int argc, char **argv, TrainArgs *a, Err *err)
         case O_FREEZE: if (parse_list("--freeze-layers", argc, argv, a->freeze, &a->n_freeze, err)) return -1; break;
         case O_HEAD_ONLY: a->head_only = 1; break;
         case O_BACKBONE: a->backbone = optarg; break;
+        case O_LOADERS: if (cli_parse_int("--loaders", optarg, 1, DATA_PIPELINE_MAX, &a->loaders, err)) return -1; break;
+        case O_AUGMENTERS: if (cli_parse_int("--augmenters", optarg, 1, DATA_PIPELINE_MAX, &a->augmenters, err)) return -1; break;
         default: return err_set(err, "unknown option (usage: %s)", USAGE);
         }
     }
     if (optind != argc) return err_set(err, "unexpected argument '%s' (usage: %s)", argv[optind], USAGE);
     if (!a->data && !(a->ann && a->images))
         return err_set(err, "a dataset is required: --data DIR or --ann FILE --images DIR");
+    if (!a->loaders != !a->augmenters)
+        return err_set(err, "--loaders and --augmenters go together (the data stages as processes)");
     if (a->backbone && strlen(a->backbone) >= TRAIN_PATH_CAP)
         return err_set(err, "--pretrained-backbone: path longer than %d characters", TRAIN_PATH_CAP - 1);
     if (a->data) snprintf(a->ann_buf, sizeof a->ann_buf, "%s/annotations.json", a->data);
@@ -165,10 +183,21 @@ typedef struct Run {
     uint8_t *crowd;
     size_t steps_per_epoch;
     double best_map;
+    /* --loaders/--augmenters: the data stages and the stream of their batches */
+    DataPipeline pipe;
+    void *zctx;
+    BatchStream bs;
+    int piped;
 } Run;
 
 static void run_free(Run *r)
 {
+    if (r->piped) {
+        batch_stream_free(&r->bs);
+        zmq_util_ctx_term(r->zctx);
+        data_pipeline_stop(&r->pipe);
+        r->piped = 0;
+    }
     trainer_free(&r->t);
     train_sampler_free(&r->sampler);
     dataset_free(&r->ds);
@@ -206,6 +235,8 @@ static int run_init(Run *r, Err *err)
     s.n_freeze = a->n_freeze, s.n_remove_weights = a->n_remove, s.head_only = a->head_only;
     if (a->backbone) snprintf(s.pretrained_backbone, sizeof s.pretrained_backbone, "%s", a->backbone);
     if (trainer_init(&r->t, &s, a->device, a->initial, err) != 0) return -1;
+    r->best_map = -1;
+    if (a->loaders) return 0; /* batches come from the data stages' shared memory */
     size_t B = (size_t)a->batch, M = DATASET_MAX_INSTANCES;
     r->images = malloc(B * h * w * 3 * sizeof(float));
     r->targets = malloc(B * sizeof *r->targets);
@@ -260,6 +291,38 @@ static void gather_targets(Run *r)
     }
 }
 
+static int pipeline_alive(void *arg, Err *err) { return data_pipeline_check(arg, err); }
+
+/* The data stages, asked for batches from the trainer's position on (after a resume too). */
+static int pipe_start(Run *r, Err *err)
+{
+    const TrainArgs *a = &r->a;
+    DataPipelineConfig pc = {.data = a->data, .ann = a->ann, .images = a->images,
+                             .num_classes = (int)a->num_classes, .loaders = (int)a->loaders,
+                             .augmenters = (int)a->augmenters, .batch = (int)a->batch,
+                             .height = r->t.s.h, .width = r->t.s.w, .seed = (uint64_t)a->seed,
+                             .skip_bad_images = a->skip_bad, .aug_slots = 2};
+    if (data_pipeline_start(&r->pipe, &pc, err) < 0) return -1;
+    r->piped = 1;
+    if (!(r->zctx = zmq_util_ctx_new(err))) return -1;
+    long spe = (long)r->steps_per_epoch;
+    BatchStreamConfig bc = {.name = "worker0", .augmenters = r->pipe.aug_ptrs,
+                            .n_augmenters = r->pipe.n_aug, .window = 2, .batch = (int)a->batch,
+                            .height = r->t.s.h, .width = r->t.s.w, .seed = (uint64_t)a->seed,
+                            .train = 1, .rank = 0, .world = 1,
+                            .epoch = (uint32_t)(r->t.step / spe),
+                            .first_batch = (uint64_t)(r->t.step % spe),
+                            .limits = wire_limits_default(), .alive = pipeline_alive,
+                            .alive_arg = &r->pipe};
+    if (batch_stream_init(&r->bs, r->zctx, &bc, err) < 0) return -1;
+    int rc = batch_stream_start(&r->bs, -1, err);
+    if (rc != 0) return rc < 0 ? -1 : err_set(err, "the data stages stopped before the first batch");
+    if (r->bs.batches_per_epoch != r->steps_per_epoch || r->bs.n_images != r->ds.n_images)
+        return err_set(err, "the loaders see %llu images, this process %zu",
+                       (unsigned long long)r->bs.n_images, r->ds.n_images);
+    return 0;
+}
+
 static int train_loop(Run *r, Err *err)
 {
     long spe = (long)r->steps_per_epoch, total = r->t.s.total_steps;
@@ -268,15 +331,28 @@ static int train_loop(Run *r, Err *err)
     long first = r->t.step;
     while (r->t.step < total && !stop_requested) {
         long epoch = r->t.step / spe, b = r->t.step % spe;
-        if (train_batch_load(&r->sampler, (uint32_t)epoch, (size_t)b, (int)r->a.batch, r->images,
-                             r->targets, err) != 0)
-            return -1;
-        gather_targets(r);
+        const float *images = r->images, *boxes = r->boxes;
+        const int32_t *classes = r->classes;
+        const uint8_t *crowd = r->crowd;
+        long long first_id;
+        Batch bt;
+        if (r->piped) {
+            if (batch_stream_next(&r->bs, &bt, -1, err) != 0) return -1;
+            ASSERT(bt.epoch == (uint32_t)epoch && bt.b == (uint64_t)b && bt.dtype == ST_F32);
+            images = bt.images, boxes = bt.bbox, classes = bt.cls, crowd = bt.crowd;
+            first_id = bt.image_id[0];
+        } else {
+            if (train_batch_load(&r->sampler, (uint32_t)epoch, (size_t)b, (int)r->a.batch,
+                                 r->images, r->targets, err) != 0)
+                return -1;
+            gather_targets(r);
+            first_id = r->targets[0].image_id;
+        }
         TrainStats st;
-        if (trainer_step(&r->t, r->images, r->boxes, r->classes, r->crowd, DATASET_MAX_INSTANCES,
-                         &st, err) != 0)
-            return err_wrap(err, "epoch %ld batch %ld (first image id %lld): ", epoch, b,
-                            (long long)r->targets[0].image_id);
+        int rc = trainer_step(&r->t, images, boxes, classes, crowd, DATASET_MAX_INSTANCES, &st, err);
+        if (r->piped) batch_stream_release(&r->bs, &bt);
+        if (rc != 0)
+            return err_wrap(err, "epoch %ld batch %ld (first image id %lld): ", epoch, b, first_id);
         if (r->t.step % r->a.log_interval == 0 || r->t.step == total) {
             struct timespec t1;
             clock_gettime(CLOCK_MONOTONIC, &t1);
@@ -326,6 +402,7 @@ int cmd_train(int argc, char **argv)
     }
     signal(SIGINT, on_signal);
     signal(SIGTERM, on_signal);
+    if (r.a.loaders && pipe_start(&r, &err) != 0) goto fail;
     if (train_loop(&r, &err) != 0) goto fail;
     long spe = (long)r.steps_per_epoch;
     if (stop_requested) {

@@ -4,17 +4,15 @@
 #include <errno.h>
 #include <limits.h>
 #include <signal.h>
-#include <spawn.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "shared/log.h"
 #include "shared/shm.h"
-
-extern char **environ;
 
 /* DIR/effdet-NAME beside the running program. */
 static int sibling(const char *name, char *out, size_t cap, Err *err)
@@ -31,11 +29,22 @@ static int sibling(const char *name, char *out, size_t cap, Err *err)
     return 0;
 }
 
+/* fork + exec rather than posix_spawn, for two settings the child needs before it runs: its own
+ * process group (a Ctrl-C at the terminal reaches only this process, which stops the stages in
+ * order after its checkpoint) and SIGTERM when this process dies (a parent killed with -9 leaves
+ * no stage running). */
 static int spawn(DataPipeline *p, const char *name, char *const argv[], Err *err)
 {
-    pid_t pid;
-    int rc = posix_spawn(&pid, argv[0], NULL, NULL, argv, environ);
-    if (rc != 0) return err_set(err, "%s: spawn: %s", argv[0], strerror(rc));
+    pid_t parent = getpid();
+    pid_t pid = fork();
+    if (pid < 0) return err_set(err, "%s: fork: %s", argv[0], strerror(errno));
+    if (pid == 0) {
+        setpgid(0, 0);
+        if (prctl(PR_SET_PDEATHSIG, SIGTERM) != 0 || getppid() != parent) _exit(127);
+        execv(argv[0], argv);
+        fprintf(stderr, "effdet: %s: exec: %s\n", argv[0], strerror(errno));
+        _exit(127);
+    }
     p->pids[p->n] = pid;
     snprintf(p->names[p->n], sizeof p->names[0], "%s", name);
     p->n++;
@@ -49,6 +58,9 @@ int data_pipeline_start(DataPipeline *p, const DataPipelineConfig *cfg, Err *err
         cfg->augmenters > DATA_PIPELINE_MAX)
         return err_set(err, "--loaders and --augmenters must be in 1..%d", DATA_PIPELINE_MAX);
     char loader_bin[PATH_MAX], aug_bin[PATH_MAX];
+    /* What a run killed with -9 left: its sockets' directory and its stages' segments. */
+    Err serr;
+    if (rundir_remove_stale(&serr) < 0 || shm_unlink_stale(&serr) < 0) log_warn("%s", serr.msg);
     if (sibling("loader", loader_bin, sizeof loader_bin, err) < 0 ||
         sibling("augment", aug_bin, sizeof aug_bin, err) < 0 || rundir_create(p->rundir, err) < 0)
         return -1;

@@ -6,6 +6,7 @@
 #include "shared/zmq_util.h"
 
 #include <dirent.h>
+#include <signal.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -186,25 +187,56 @@ int zmq_util_router_send(ZmqSocket *zs, const uint8_t *id, size_t id_len, const 
 
 /* ---- the run directory ----------------------------------------------------------------------- */
 
+/* The base directory of run directories: $XDG_RUNTIME_DIR, else $TMPDIR, else /tmp. */
+static const char *rundir_base(void)
+{
+    const char *bases[] = {getenv("XDG_RUNTIME_DIR"), getenv("TMPDIR"), "/tmp"};
+    struct stat st;
+    for (size_t i = 0; i < 3; i++)
+        if (bases[i] && bases[i][0] && stat(bases[i], &st) == 0 && S_ISDIR(st.st_mode) &&
+            access(bases[i], W_OK | X_OK) == 0)
+            return bases[i];
+    return NULL;
+}
+
 int rundir_create(char dir[RUNDIR_CAP], Err *err)
 {
     /* Room left for "/<name>.sock" names of up to 27 bytes inside the 107-byte socket path. */
     enum { NAME_ROOM = 28 };
-    const char *bases[] = {getenv("XDG_RUNTIME_DIR"), getenv("TMPDIR"), "/tmp"};
-    const char *base = NULL;
-    struct stat st;
-    for (size_t i = 0; i < 3 && !base; i++)
-        if (bases[i] && bases[i][0] && stat(bases[i], &st) == 0 && S_ISDIR(st.st_mode) &&
-            access(bases[i], W_OK | X_OK) == 0)
-            base = bases[i];
+    const char *base = rundir_base();
     if (!base) return err_set(err, "run directory: no writable $XDG_RUNTIME_DIR, $TMPDIR or /tmp");
-    int n = snprintf(dir, RUNDIR_CAP, "%s/effdet-XXXXXX", base);
+    /* The pid in the name lets rundir_remove_stale find the directories of dead processes. */
+    int n = snprintf(dir, RUNDIR_CAP, "%s/effdet-%ld-XXXXXX", base, (long)getpid());
     if (n < 0 || n >= RUNDIR_CAP - NAME_ROOM)
         return err_set(err, "run directory: %s is too long for Unix socket paths (%d bytes at "
-                            "most)", base, RUNDIR_CAP - NAME_ROOM - 15);
+                            "most)", base, RUNDIR_CAP - NAME_ROOM - 23);
     if (!mkdtemp(dir)) /* mode 0700: only this user reaches the sockets */
         return err_set(err, "run directory: mkdtemp %s: %s", dir, strerror(errno));
     return 0;
+}
+
+int rundir_remove_stale(Err *err)
+{
+    const char *base = rundir_base();
+    DIR *d = base ? opendir(base) : NULL;
+    if (!d) return 0;
+    int removed = 0, rc = 0;
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        long pid;
+        char rest[16], path[RUNDIR_CAP];
+        struct stat st;
+        if (sscanf(e->d_name, "effdet-%ld-%15s", &pid, rest) != 2 || strlen(rest) != 6 ||
+            pid <= 0 || (kill((pid_t)pid, 0) == 0 || errno != ESRCH))
+            continue;
+        if (snprintf(path, sizeof path, "%s/%s", base, e->d_name) >= (int)sizeof path ||
+            lstat(path, &st) != 0 || !S_ISDIR(st.st_mode) || st.st_uid != geteuid())
+            continue;
+        if (rundir_remove(path, err) == 0) removed++;
+        else rc = -1;
+    }
+    closedir(d);
+    return rc < 0 ? -1 : removed;
 }
 
 int rundir_endpoint(const char *dir, const char *name, char out[ZMQ_UTIL_ENDPOINT_CAP], Err *err)

@@ -10,7 +10,7 @@
  * One message is one frame (msgpack, shared/wire.h); a multi-part message is refused as malformed
  * (ZMQ_UTIL_MULTIPART: its parts are drained, so the socket stays usable).
  *
- * Run directory: rundir_create makes DIR/effdet-XXXXXX with mode 0700 under $XDG_RUNTIME_DIR (or
+ * Run directory: rundir_create makes DIR/effdet-<pid>-XXXXXX with mode 0700 under $XDG_RUNTIME_DIR (or
  * $TMPDIR, or /tmp), so only this user can reach the sockets; rundir_endpoint names a socket in
  * it; rundir_remove deletes its files and itself. ipc:// paths are limited to 107 bytes by the
  * kernel (sun_path), so long directories are refused up front rather than failing at bind. */
@@ -89,5 +89,8 @@ int rundir_create(char dir[RUNDIR_CAP], Err *err);
 int rundir_endpoint(const char *dir, const char *name, char out[ZMQ_UTIL_ENDPOINT_CAP], Err *err);
 /* Removes the files in dir and dir itself; a missing dir is fine. */
 int rundir_remove(const char *dir, Err *err);
+/* Removes this user's run directories (effdet-<pid>-XXXXXX) whose process no longer exists (it
+ * was killed before it could clean up); returns how many, or -1. */
+int rundir_remove_stale(Err *err);
 
 #endif
