@@ -253,6 +253,9 @@ static int jpeg_decode_with(tjhandle tj, const uint8_t *buf, size_t len, const c
     int w, h, cs;
     if (jpeg_read_frame(tj, buf, len, name, opt->strict, opt->max_pixels, &w, &h, &cs, err) < 0)
         return -1;
+    if ((opt->max_w > 0 && w > opt->max_w) || (opt->max_h > 0 && h > opt->max_h))
+        return err_set(err, "%s: the JPEG is %d x %d, larger than the %d x %d expected", name, w,
+                       h, opt->max_w, opt->max_h);
     tjscalingfactor sf = jpeg_pick_scale(w, h, opt->min_w, opt->min_h);
     if (rgb_image_alloc(out, TJSCALED(w, sf), TJSCALED(h, sf), err) < 0)
         return err_wrap(err, "%s: ", name);
@@ -311,7 +314,7 @@ int jpeg_read_header_mem(const uint8_t *buf, size_t len, const char *name, int *
 /* Reads a whole regular file into a malloc'ed buffer. The file is opened non-blocking and
  * checked with fstat before any read: a FIFO would otherwise block the open, and seeking to the
  * end of a directory reports a nonsense size instead of failing. */
-int jpeg_read_file(const char *path, uint8_t **data, size_t *len, Err *err)
+static int jpeg_read_file(const char *path, uint8_t **data, size_t *len, Err *err)
 {
     int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
     if (fd < 0)

@@ -44,16 +44,15 @@ typedef struct JpegDecodeOptions {
     /* Cap on the JPEG's w * h as its header states it (before scaling), checked before any pixel
      * memory is allocated; 0 means JPEG_MAX_PIXELS_DEFAULT. */
     int64_t max_pixels;
+    /* When > 0: the header's (full-size) width and height must not exceed these, whatever the
+     * decode scale (the loader passes the annotation's size, which its slots are sized from). */
+    int max_w, max_h;
 } JpegDecodeOptions;
 
 /* Decodes len bytes of a JPEG into out (see rgb_image_alloc for reuse). name labels error messages
  * (the file name). opt may be NULL for full-size, non-strict, default cap. */
 int jpeg_decode_mem(const uint8_t *buf, size_t len, const char *name, const JpegDecodeOptions *opt,
                     RgbImage *out, Err *err);
-
-/* Reads a whole regular file into *data (malloc'ed; free() it); errors name the file (missing,
- * empty, a directory, a FIFO, unreadable). */
-int jpeg_read_file(const char *path, uint8_t **data, size_t *len, Err *err);
 
 /* Reads path and decodes it as jpeg_decode_mem does. Directories and other non-regular files are
  * refused before reading. */

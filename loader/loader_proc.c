@@ -12,7 +12,6 @@
 #include "loader/loader_proc.h"
 
 #include <math.h>
-#include <stdlib.h>
 #include <string.h>
 
 #include "shared/check.h"
@@ -43,7 +42,7 @@ void loader_decoder_free(LoaderDecoder *d) { rgb_image_free(&d->img); }
 static int decode_one(LoaderDecoder *d, const DatasetImage *im, double fit_h, double fit_w,
                       Err *err)
 {
-    JpegDecodeOptions opt = {0};
+    JpegDecodeOptions opt = {.max_w = im->width, .max_h = im->height};
     if (fit_h > 0 && fit_w > 0) {
         double s = fmin(fit_h / im->height, fit_w / im->width);
         if (s < 1) { /* the augmenter downscales: a reduced decode that still covers it will do */
@@ -51,16 +50,7 @@ static int decode_one(LoaderDecoder *d, const DatasetImage *im, double fit_h, do
             opt.min_h = (int)ceil(im->height * s);
         }
     }
-    uint8_t *data = NULL;
-    size_t len = 0;
-    int w, h, rc = jpeg_read_file(im->path, &data, &len, err);
-    if (rc == 0) rc = jpeg_read_header_mem(data, len, im->path, &w, &h, err);
-    if (rc == 0 && (w > im->width || h > im->height))
-        rc = err_set(err, "%s: the JPEG is %d x %d but the annotations say %d x %d", im->path, w,
-                     h, im->width, im->height);
-    if (rc == 0) rc = jpeg_decode_mem(data, len, im->path, &opt, &d->img, err);
-    free(data);
-    return rc;
+    return jpeg_decode_file(im->path, &opt, &d->img, err);
 }
 
 int loader_decode(LoaderDecoder *d, const Dataset *ds, size_t index, double fit_h, double fit_w,

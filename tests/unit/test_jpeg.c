@@ -310,6 +310,28 @@ static void test_scaled_decode_choice(void **state)
     free(jpg);
 }
 
+/* max_w / max_h bound the header's full size, whatever the decode scale: a 640 x 480 JPEG is
+ * refused under a 639 x 480 bound even when a 1/8 decode (80 x 60) was asked for. */
+static void test_max_size(void **state)
+{
+    size_t len = 0;
+    uint8_t *jpg = make_rgb_jpeg(640, 480, &len);
+    RgbImage img = {0};
+    Err err = {{0}};
+    JpegDecodeOptions ok = {.min_w = 1, .min_h = 1, .max_w = 640, .max_h = 480};
+    assert_int_equal(jpeg_decode_mem(jpg, len, "m.jpg", &ok, &img, &err), 0);
+    assert_int_equal(img.w, 80);
+    JpegDecodeOptions narrow = ok, low = ok;
+    narrow.max_w = 639, low.max_h = 479;
+    assert_int_equal(jpeg_decode_mem(jpg, len, "m.jpg", &narrow, &img, &err), -1);
+    assert_err_line(&err, "m.jpg");
+    assert_msg_contains(&err, "640 x 480, larger than the 639 x 480 expected");
+    assert_int_equal(jpeg_decode_mem(jpg, len, "m.jpg", &low, &img, &err), -1);
+    assert_msg_contains(&err, "larger than the 640 x 479 expected");
+    rgb_image_free(&img);
+    free(jpg);
+}
+
 /* Fails unless each pixel of the 1/d decode is near the mean of its d x d block (cut at the
  * edges) in the full decode: what DCT-domain scaling approximates on a smooth picture. */
 static void assert_scaled_like_full(const RgbImage *full, const RgbImage *small, int d, int tol)
@@ -485,6 +507,7 @@ int main(void)
         cmocka_unit_test(test_progressive_equals_baseline),
         cmocka_unit_test(test_scaled_decode_sizes),
         cmocka_unit_test(test_scaled_decode_choice),
+        cmocka_unit_test(test_max_size),
         cmocka_unit_test(test_scaled_decode_kinds),
         cmocka_unit_test(test_read_header_mem),
         cmocka_unit_test(test_encode_errors_and_image_reuse),
