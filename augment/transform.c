@@ -119,15 +119,6 @@ static void train_geometry(const AugConfig *cfg, const AugTrainParams *p, int w,
 
 static float clampf(float v, float hi) { return v < 0 ? 0 : v > hi ? hi : v; }
 
-/* Fills t's rows -1 from row t->n on (the collate layout). */
-static void target_pad(SampleTarget *t)
-{
-    for (int i = t->n; i < DATASET_MAX_INSTANCES; i++) {
-        for (int c = 0; c < 4; c++) t->bbox[i][c] = -1;
-        t->cls[i] = -1, t->crowd[i] = 0;
-    }
-}
-
 /* RandomResizePad then RandomFlip on the boxes, in numpy's float32 (see DESIGN). Returns the
  * number dropped. n is at most DATASET_MAX_INSTANCES. */
 static int train_boxes(const DatasetBox *boxes, int n, const TrainGeometry *g, int flip, int tw,
@@ -150,7 +141,7 @@ static int train_boxes(const DatasetBox *boxes, int n, const TrainGeometry *g, i
         k++;
     }
     t->n = k;
-    target_pad(t);
+    train_target_pad(t);
     return n - k;
 }
 

@@ -75,11 +75,16 @@ int train_transform_boxes(const DatasetBox *boxes, int n, double s, int scaled_w
         k++;
     }
     t->n = k;
-    for (int i = k; i < DATASET_MAX_INSTANCES; i++) {
+    train_target_pad(t);
+    return n - k;
+}
+
+void train_target_pad(SampleTarget *t)
+{
+    for (int i = t->n; i < DATASET_MAX_INSTANCES; i++) {
         for (int c = 0; c < 4; c++) t->bbox[i][c] = -1;
         t->cls[i] = -1, t->crowd[i] = 0;
     }
-    return n - k;
 }
 
 int train_sampler_init(TrainSampler *s, const Dataset *ds, const TrainSampleConfig *cfg, Err *err)

@@ -80,6 +80,10 @@ void train_letterbox_geometry(int w, int h, int target_h, int target_w, double *
 int train_transform_boxes(const DatasetBox *boxes, int n, double s, int scaled_w, int scaled_h,
                           int flip, SampleTarget *t);
 
+/* Rows t->n .. DATASET_MAX_INSTANCES - 1 of t set to the padding (-1 boxes and labels, crowd 0),
+ * as DetectionFastCollate pads. */
+void train_target_pad(SampleTarget *t);
+
 /* The order of epoch: a Fisher-Yates shuffle of 0..n-1 drawn from (seed, epoch). */
 void train_epoch_permutation(uint64_t seed, uint32_t epoch, uint32_t *perm, size_t n);
 
