@@ -38,24 +38,45 @@ uint64_t stage_incarnation(void)
 
 /* ---- sending ------------------------------------------------------------------------------- */
 
-static void server_send(StageServer *s, int ci, WireWriter *w)
+/* One frame to routing id `id`. ROUTER drops what it cannot deliver (a consumer that is gone):
+ * that consumer's replacement says hello and is served afresh, so a lost message costs nothing. */
+static void send_to(StageServer *s, const uint8_t *id, size_t id_len, const char *who,
+                    WireWriter *w)
 {
-    StageClientRec *c = &s->clients[ci];
     size_t len;
     const void *data = wire_writer_data(w, &len);
     Err err;
-    /* ROUTER drops what it cannot deliver (a consumer that is gone): that consumer's replacement
-     * says hello and is served afresh, so a lost message costs nothing here. */
-    if (zmq_util_router_send(&s->sock, c->id, c->id_len, data, len, &err) < 0)
-        log_warn("stage %s: send to %s: %s", s->cfg.endpoint, c->name, err.msg);
+    if (zmq_util_router_send(&s->sock, id, id_len, data, len, &err) < 0)
+        log_warn("stage %s: send to %s: %s", s->cfg.endpoint, who, err.msg);
+}
+
+static void server_send(StageServer *s, int ci, WireWriter *w)
+{
+    StageClientRec *c = &s->clients[ci];
+    send_to(s, c->id, c->id_len, c->name, w);
     c->last_sent_ms = stage_now_ms();
 }
 
-static void server_send_simple(StageServer *s, int ci, const char *type)
+/* A heartbeat to consumer ci, or (ci < 0) to a sender we do not know or that addressed another
+ * incarnation: that tells a consumer its producer was restarted, so it says hello at once rather
+ * than after dead_ms. */
+static void server_hb(StageServer *s, int ci, const uint8_t *id, size_t id_len)
 {
     WireWriter w;
-    wire_writer_init(&w, type, 1);
+    wire_writer_init(&w, "hb", 1);
     wire_put_uint(&w, "inc", s->inc);
+    if (ci >= 0) server_send(s, ci, &w);
+    else send_to(s, id, id_len, "an unknown consumer", &w);
+    wire_writer_free(&w);
+}
+
+static void server_fail(StageServer *s, int ci, uint64_t key, const char *error)
+{
+    WireWriter w;
+    wire_writer_init(&w, "fail", 3);
+    wire_put_uint(&w, "inc", s->inc);
+    wire_put_uint(&w, "key", key);
+    wire_put_str(&w, "error", error);
     server_send(s, ci, &w);
     wire_writer_free(&w);
 }
@@ -70,21 +91,6 @@ static void server_welcome(StageServer *s, int ci)
     wire_put_uint(&w, "slot_bytes", s->seg.slot_bytes);
     if (s->cfg.n_info) s->cfg.put_info(s->cfg.app, &w);
     server_send(s, ci, &w);
-    wire_writer_free(&w);
-}
-
-/* A heartbeat to a sender we do not know, or that addressed another incarnation: it tells a
- * consumer that its producer was restarted, so it says hello at once rather than after dead_ms. */
-static void server_hint(StageServer *s, const uint8_t *id, size_t id_len)
-{
-    WireWriter w;
-    wire_writer_init(&w, "hb", 1);
-    wire_put_uint(&w, "inc", s->inc);
-    size_t len;
-    const void *data = wire_writer_data(&w, &len);
-    Err err;
-    if (zmq_util_router_send(&s->sock, id, id_len, data, len, &err) < 0)
-        log_warn("stage %s: %s", s->cfg.endpoint, err.msg);
     wire_writer_free(&w);
 }
 
@@ -172,18 +178,12 @@ static void on_req(StageServer *s, WireMsg *m, zmq_msg_t *msg, int ci, const uin
     }
     if (ci < 0 || to != s->inc || inc != s->clients[ci].inc) {
         s->n_stale++; /* meant for a previous incarnation of one side */
-        if (ci < 0 || to != s->inc) server_hint(s, id, id_len);
+        if (ci < 0 || to != s->inc) server_hb(s, -1, id, id_len);
         return;
     }
     if (s->q_len == s->cfg.queue_cap) {
         /* A consumer sending beyond its window: answer at once rather than queue without end. */
-        WireWriter w;
-        wire_writer_init(&w, "fail", 3);
-        wire_put_uint(&w, "inc", s->inc);
-        wire_put_uint(&w, "key", key);
-        wire_put_str(&w, "error", "the producer's request queue is full");
-        server_send(s, ci, &w);
-        wire_writer_free(&w);
+        server_fail(s, ci, key, "the producer's request queue is full");
         return;
     }
     StageQueued *q = &s->queue[(s->q_head + s->q_len++) % s->cfg.queue_cap];
@@ -208,7 +208,7 @@ static void on_credit(StageServer *s, const WireMsg *m, int ci, const uint8_t *i
         s->slot_state[slot] != SLOT_HELD || s->slot_client[slot] != ci ||
         s->slot_inc[slot] != inc) {
         s->n_stale++;
-        if (ci < 0 || to != s->inc) server_hint(s, id, id_len);
+        if (ci < 0 || to != s->inc) server_hb(s, -1, id, id_len);
         return;
     }
     slot_free(s, (uint32_t)slot);
@@ -306,7 +306,7 @@ int stage_server_pump(StageServer *s, Err *err)
             else if (!strcmp(m.type, "req")) on_req(s, &m, &msg, ci, id, id_len);
             else if (!strcmp(m.type, "credit")) on_credit(s, &m, ci, id, id_len);
             else if (!strcmp(m.type, "hb")) {
-                if (ci < 0) server_hint(s, id, id_len);
+                if (ci < 0) server_hb(s, -1, id, id_len);
             } else {
                 s->n_malformed++;
                 log_warn("stage %s: unexpected message '%s'", s->cfg.endpoint, m.type);
@@ -318,7 +318,7 @@ int stage_server_pump(StageServer *s, Err *err)
     int64_t now = stage_now_ms();
     for (int i = 0; i < s->n_clients; i++)
         if (s->clients[i].live && now - s->clients[i].last_sent_ms >= s->cfg.hb_ms)
-            server_send_simple(s, i, "hb");
+            server_hb(s, i, NULL, 0);
     return 0;
 }
 
@@ -392,15 +392,7 @@ int stage_server_finish(StageServer *s, StageTask *t, WireWriter *w, Err *err)
 int stage_server_fail(StageServer *s, StageTask *t, const char *error, Err *err)
 {
     ASSERT(s->slot_state[t->slot] == SLOT_WORKING);
-    if (stage_server_task_live(s, t)) {
-        WireWriter w;
-        wire_writer_init(&w, "fail", 3);
-        wire_put_uint(&w, "inc", s->inc);
-        wire_put_uint(&w, "key", t->key);
-        wire_put_str(&w, "error", error);
-        server_send(s, t->client, &w);
-        wire_writer_free(&w);
-    }
+    if (stage_server_task_live(s, t)) server_fail(s, t->client, t->key, error);
     s->n_failed++;
     slot_free(s, t->slot);
     task_end(t);
