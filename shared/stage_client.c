@@ -267,23 +267,17 @@ static int drain(StageClient *c, StageResult *r, Err *err)
     for (int i = 0; i < c->cfg.n_peers; i++) {
         StagePeer *p = &c->peers[i];
         for (;;) {
-            zmq_msg_init(&r->msg);
-            wire_msg_init(&r->done);
-            if (zmq_msg_recv(&r->msg, p->sock.sock, ZMQ_DONTWAIT) < 0) {
-                int e = errno;
-                zmq_msg_close(&r->msg);
-                if (e == EAGAIN || e == EINTR) break;
-                if (e == ETERM) return ZMQ_UTIL_TERM;
-                return err_set(err, "%s: recv: %s", p->sock.endpoint, zmq_strerror(e));
-            }
             Err merr;
-            int rc = STAGE_NONE;
-            if (zmq_msg_more(&r->msg)) {
-                rc = err_set(&merr, "a multi-part message");
-                while (zmq_msg_more(&r->msg) && zmq_msg_close(&r->msg) == 0 &&
-                       zmq_msg_init(&r->msg) == 0 &&
-                       zmq_msg_recv(&r->msg, p->sock.sock, ZMQ_DONTWAIT) >= 0) {
-                }
+            int rc = zmq_util_recv(&p->sock, &r->msg, 0, &merr);
+            wire_msg_init(&r->done);
+            if (rc == ZMQ_UTIL_AGAIN || rc == ZMQ_UTIL_TERM || rc < 0) {
+                zmq_msg_close(&r->msg);
+                if (rc == ZMQ_UTIL_AGAIN) break;
+                if (rc < 0) *err = merr;
+                return rc;
+            }
+            if (rc == ZMQ_UTIL_MULTIPART) {
+                rc = -1; /* merr says so */
             } else if (wire_decode(&r->done, zmq_msg_data(&r->msg), zmq_msg_size(&r->msg),
                                    &c->cfg.limits, &merr) < 0) {
                 rc = -1;

@@ -123,41 +123,35 @@ int zmq_util_send(ZmqSocket *zs, const void *data, size_t len, int timeout_ms, E
     return 0;
 }
 
+/* Reads and drops the rest of a message whose framing is wrong (parts: read so far). The parts of
+ * a multi-part message arrive together, so this never waits. */
+static int zu_drain(ZmqSocket *zs, zmq_msg_t *msg, size_t parts, const char *expected, Err *err)
+{
+    while (zmq_msg_more(msg)) {
+        if (zmq_msg_close(msg) != 0 || zmq_msg_init(msg) != 0)
+            return err_set(err, "%s: zmq_msg_close: %s", zs->endpoint, zmq_strerror(errno));
+        if (zmq_msg_recv(msg, zs->sock, ZMQ_DONTWAIT) < 0) return zu_errno(zs, "recv", err);
+        parts++;
+    }
+    err_set(err, "%s: a message of %zu parts, expected %s", zs->endpoint, parts, expected);
+    return ZMQ_UTIL_MULTIPART;
+}
+
 int zmq_util_recv(ZmqSocket *zs, zmq_msg_t *msg, int timeout_ms, Err *err)
 {
     int ready, rc;
     if (zmq_msg_init(msg) != 0)
         return err_set(err, "%s: zmq_msg_init: %s", zs->endpoint, zmq_strerror(errno));
-    if ((rc = zmq_util_poll(zs, ZMQ_POLLIN, -1, timeout_ms, &ready, err))) return rc;
+    /* timeout 0: one non-blocking try, without a poll (the stage client drains its sockets so) */
+    if (timeout_ms != 0 && (rc = zmq_util_poll(zs, ZMQ_POLLIN, -1, timeout_ms, &ready, err)))
+        return rc;
     if (zmq_msg_recv(msg, zs->sock, ZMQ_DONTWAIT) < 0) return zu_errno(zs, "recv", err);
-    if (!zmq_msg_more(msg)) return 0;
-    /* The parts of a multi-part message arrive together, so draining them never waits. */
-    size_t parts = 1;
-    while (zmq_msg_more(msg)) {
-        if (zmq_msg_close(msg) != 0 || zmq_msg_init(msg) != 0)
-            return err_set(err, "%s: zmq_msg_close: %s", zs->endpoint, zmq_strerror(errno));
-        if (zmq_msg_recv(msg, zs->sock, ZMQ_DONTWAIT) < 0) return zu_errno(zs, "recv", err);
-        parts++;
-    }
-    err_set(err, "%s: a message of %zu parts, expected 1", zs->endpoint, parts);
-    return ZMQ_UTIL_MULTIPART;
+    return zmq_msg_more(msg) ? zu_drain(zs, msg, 1, "1", err) : 0;
 }
 
 /* ---- ROUTER framing ---------------------------------------------------------------------------- */
 
-/* Reads and drops the rest of a message whose framing is wrong. */
-static int zu_drain(ZmqSocket *zs, zmq_msg_t *msg, size_t parts, Err *err)
-{
-    while (zmq_msg_more(msg)) {
-        if (zmq_msg_close(msg) != 0 || zmq_msg_init(msg) != 0)
-            return err_set(err, "%s: zmq_msg_close: %s", zs->endpoint, zmq_strerror(errno));
-        if (zmq_msg_recv(msg, zs->sock, ZMQ_DONTWAIT) < 0) return zu_errno(zs, "recv", err);
-        parts++;
-    }
-    err_set(err, "%s: a message of %zu parts, expected a routing id and 1 frame", zs->endpoint,
-            parts);
-    return ZMQ_UTIL_MULTIPART;
-}
+static const char ROUTER_FRAMING[] = "a routing id and 1 frame";
 
 int zmq_util_router_recv(ZmqSocket *zs, uint8_t id[ZMQ_UTIL_ID_CAP], size_t *id_len,
                          zmq_msg_t *msg, Err *err)
@@ -166,13 +160,14 @@ int zmq_util_router_recv(ZmqSocket *zs, uint8_t id[ZMQ_UTIL_ID_CAP], size_t *id_
         return err_set(err, "%s: zmq_msg_init: %s", zs->endpoint, zmq_strerror(errno));
     if (zmq_msg_recv(msg, zs->sock, ZMQ_DONTWAIT) < 0) return zu_errno(zs, "recv", err);
     /* ROUTER always prepends the id frame, so a lone frame cannot happen; check anyway. */
-    if (!zmq_msg_more(msg) || zmq_msg_size(msg) > ZMQ_UTIL_ID_CAP) return zu_drain(zs, msg, 1, err);
+    if (!zmq_msg_more(msg) || zmq_msg_size(msg) > ZMQ_UTIL_ID_CAP)
+        return zu_drain(zs, msg, 1, ROUTER_FRAMING, err);
     *id_len = zmq_msg_size(msg);
     memcpy(id, zmq_msg_data(msg), *id_len);
     if (zmq_msg_close(msg) != 0 || zmq_msg_init(msg) != 0)
         return err_set(err, "%s: zmq_msg_close: %s", zs->endpoint, zmq_strerror(errno));
     if (zmq_msg_recv(msg, zs->sock, ZMQ_DONTWAIT) < 0) return zu_errno(zs, "recv", err);
-    if (zmq_msg_more(msg)) return zu_drain(zs, msg, 2, err);
+    if (zmq_msg_more(msg)) return zu_drain(zs, msg, 2, ROUTER_FRAMING, err);
     return 0;
 }
 

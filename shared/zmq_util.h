@@ -67,7 +67,7 @@ int zmq_util_poll(ZmqSocket *zs, short events, int fd, int timeout_ms, int *read
 /* Sends one frame, waiting up to timeout_ms for room. 0, ZMQ_UTIL_AGAIN (not sent), TERM, -1. */
 int zmq_util_send(ZmqSocket *zs, const void *data, size_t len, int timeout_ms, Err *err);
 /* Receives one frame into msg (initialized here; close it with zmq_msg_close after use, whatever
- * the result), waiting up to timeout_ms. 0, ZMQ_UTIL_AGAIN, ZMQ_UTIL_TERM, ZMQ_UTIL_MULTIPART
+ * the result), waiting up to timeout_ms (0: one non-blocking try). 0, ZMQ_UTIL_AGAIN, ZMQ_UTIL_TERM, ZMQ_UTIL_MULTIPART
  * (malformed input, not a socket failure) or -1. */
 int zmq_util_recv(ZmqSocket *zs, zmq_msg_t *msg, int timeout_ms, Err *err);
 
