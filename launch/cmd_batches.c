@@ -159,21 +159,14 @@ int cmd_batches(int argc, char **argv)
                             .batch = a.pipe.batch, .height = a.pipe.height, .width = a.pipe.width,
                             .seed = a.pipe.seed, .train = !a.eval, .rank = (int)a.rank,
                             .world = (int)a.world, .epoch = (uint32_t)start_epoch,
-                            .first_batch = 0, .dead_ms = (int)a.dead_ms,
+                            .first_batch = (uint64_t)(last_b + 1), /* after the logged batch */
+                            .dead_ms = (int)a.dead_ms,
                             .limits = wire_limits_default()};
     if (!a.connect) bc.alive = pipeline_alive, bc.alive_arg = &pipe;
     int fd = -1;
     rc = zctx ? 0 : -1;
     if (rc == 0) rc = batch_stream_init(&s, zctx, &bc, &err);
     if (rc == 0) rc = batch_stream_start(&s, stop_fd, &err);
-    if (rc == 0 && last_b >= 0) { /* continue after the logged batch */
-        s.next_b = s.want_b = (uint64_t)last_b + 1;
-        if (s.next_b == s.batches_per_epoch) {
-            if (a.eval) rc = 1;
-            s.next_b = s.want_b = 0;
-            s.next_epoch = s.want_epoch = (uint32_t)start_epoch + 1;
-        }
-    }
     if (rc == 0 && a.log && (fd = open(a.log, O_WRONLY | O_CREAT | O_APPEND, 0644)) < 0)
         rc = err_set(&err, "%s: %s", a.log, strerror(errno));
     char *line = malloc(64 + (size_t)a.pipe.batch * 32);

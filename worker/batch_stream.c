@@ -131,9 +131,13 @@ int batch_stream_start(BatchStream *s, int stop_fd, Err *err)
     if (check_info(s, &info, err) < 0) return -1;
     uint64_t g = (uint64_t)s->cfg.batch * (uint64_t)s->cfg.world;
     s->batches_per_epoch = (s->n_images + g - 1) / g;
-    if (s->next_b >= s->batches_per_epoch)
+    if (s->next_b > s->batches_per_epoch)
         return err_set(err, "start batch %llu of an epoch of %llu batches",
                        (unsigned long long)s->next_b, (unsigned long long)s->batches_per_epoch);
+    if (s->next_b == s->batches_per_epoch && s->cfg.train) { /* just after an epoch's last batch */
+        s->next_b = s->want_b = 0;
+        s->next_epoch = ++s->want_epoch;
+    }
     if (s->cfg.train) {
         s->orders[0] = malloc(s->n_images * sizeof(uint32_t));
         s->orders[1] = malloc(s->n_images * sizeof(uint32_t));

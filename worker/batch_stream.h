@@ -32,8 +32,8 @@ typedef struct BatchStreamConfig {
     uint64_t seed;
     int train;                     /* 1: shuffled epochs, train transform; 0: one eval pass */
     int rank, world;
-    uint32_t epoch;                /* where to start (a resumed run: its epoch and batch) */
-    uint64_t first_batch;
+    uint32_t epoch;                /* where to start (a resumed run: its epoch and batch); */
+    uint64_t first_batch;          /* batches_per_epoch means "after the epoch's last batch" */
     int hb_ms, dead_ms;
     WireLimits limits;
     /* Optional: called between waits; -1 (err set) ends the stream with that error (a data
