@@ -110,9 +110,12 @@ static void put_info(void *app, WireWriter *w)
     wire_put_str(w, "dtype", st_dtype_name(a->cfg->aug.dtype));
 }
 
+/* Ends a task; samples still wanted from the loaders are cancelled (none are once it is done). */
 static void task_end(Augmenter *a, BatchTask *bt)
 {
-    for (int j = 0; j < a->cfg->batch; j++) stage_client_cancel(&a->cli, bt->key_base + (uint64_t)j);
+    for (int j = 0; bt->remaining > 0 && j < a->cfg->batch; j++)
+        stage_client_cancel(&a->cli, bt->key_base + (uint64_t)j);
+    bt->remaining = 0;
     bt->used = 0;
 }
 
@@ -132,7 +135,7 @@ static int task_start(Augmenter *a, BatchTask *bt, Err *err)
     size_t len;
     Err rerr;
     memset(bt->indices, 0, sizeof bt->indices);
-    bt->used = 1, bt->boxes_dropped = 0, bt->epoch = 0;
+    bt->used = 1, bt->boxes_dropped = 0, bt->epoch = 0, bt->remaining = 0;
     bt->key_base = a->next_key;
     a->next_key += (uint64_t)a->cfg->batch;
     if (wire_get_uint(&bt->t.req.root, "epoch", &epoch, &rerr) < 0 ||
