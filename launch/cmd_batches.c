@@ -130,8 +130,6 @@ static int resume_point(const char *path, long *epoch, long *b, Err *err)
     return 0;
 }
 
-static int pipeline_alive(void *arg, Err *err) { return data_pipeline_check(arg, err); }
-
 int cmd_batches(int argc, char **argv)
 {
     BatchesArgs a;
@@ -162,7 +160,7 @@ int cmd_batches(int argc, char **argv)
                             .first_batch = (uint64_t)(last_b + 1), /* after the logged batch */
                             .dead_ms = (int)a.dead_ms,
                             .limits = wire_limits_default()};
-    if (!a.connect) bc.alive = pipeline_alive, bc.alive_arg = &pipe;
+    if (!a.connect) bc.alive = data_pipeline_alive, bc.alive_arg = &pipe;
     int fd = -1;
     rc = zctx ? 0 : -1;
     if (rc == 0) rc = batch_stream_init(&s, zctx, &bc, &err);

@@ -228,8 +228,6 @@ static int handoff_bench(const DataBenchArgs *a, double *ips, Err *err)
 
 /* ---- data: the whole pipeline ---------------------------------------------------------------- */
 
-static int pipeline_alive(void *arg, Err *err) { return data_pipeline_check(arg, err); }
-
 static int pipeline_bench(const DataBenchArgs *a, double *ips, Err *err)
 {
     DataPipelineConfig pc = {.data = a->data, .ann = a->ann, .images = a->images, .loaders = (int)a->loaders,
@@ -242,7 +240,7 @@ static int pipeline_bench(const DataBenchArgs *a, double *ips, Err *err)
     BatchStreamConfig bc = {.name = "bench", .augmenters = p.aug_ptrs, .n_augmenters = p.n_aug,
                             .window = 3, .batch = (int)a->batch, .height = a->h, .width = a->w,
                             .seed = 1, .train = 1, .world = 1, .limits = wire_limits_default(),
-                            .alive = pipeline_alive, .alive_arg = &p};
+                            .alive = data_pipeline_alive, .alive_arg = &p};
     int rc = zctx ? batch_stream_init(&s, zctx, &bc, err) : -1;
     if (rc == 0) rc = batch_stream_start(&s, -1, err);
     long warm = 2 * a->augmenters, got = 0;

@@ -291,8 +291,6 @@ static void gather_targets(Run *r)
     }
 }
 
-static int pipeline_alive(void *arg, Err *err) { return data_pipeline_check(arg, err); }
-
 /* The data stages, asked for batches from the trainer's position on (after a resume too). */
 static int pipe_start(Run *r, Err *err)
 {
@@ -312,7 +310,7 @@ static int pipe_start(Run *r, Err *err)
                             .train = 1, .rank = 0, .world = 1,
                             .epoch = (uint32_t)(r->t.step / spe),
                             .first_batch = (uint64_t)(r->t.step % spe),
-                            .limits = wire_limits_default(), .alive = pipeline_alive,
+                            .limits = wire_limits_default(), .alive = data_pipeline_alive,
                             .alive_arg = &r->pipe};
     if (batch_stream_init(&r->bs, r->zctx, &bc, err) < 0) return -1;
     int rc = batch_stream_start(&r->bs, -1, err);

@@ -122,6 +122,8 @@ int data_pipeline_check(DataPipeline *p, Err *err)
     return 0;
 }
 
+int data_pipeline_alive(void *pipeline, Err *err) { return data_pipeline_check(pipeline, err); }
+
 void data_pipeline_stop(DataPipeline *p)
 {
     for (int i = 0; i < p->n; i++)

@@ -38,6 +38,8 @@ typedef struct DataPipeline {
 int data_pipeline_start(DataPipeline *p, const DataPipelineConfig *cfg, Err *err);
 /* A child that has exited: -1 with err naming it and its status; 0 while all run. */
 int data_pipeline_check(DataPipeline *p, Err *err);
+/* data_pipeline_check for a callback taking void * (BatchStreamConfig.alive with the pipeline). */
+int data_pipeline_alive(void *pipeline, Err *err);
 /* SIGTERM, up to 5 s of grace, SIGKILL; removes the run directory and stale segments. */
 void data_pipeline_stop(DataPipeline *p);
 
