@@ -22,13 +22,13 @@
 #include "loader/jpeg.h"
 
 #include <errno.h>
-#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <turbojpeg.h>
-#include <unistd.h>
+
+#include "shared/file_read.h"
 
 /* A JPEG file larger than this is refused before reading it (no dataset image comes close). */
 #define JPEG_MAX_FILE_BYTES ((long)1 << 30)
@@ -311,48 +311,20 @@ int jpeg_read_header_mem(const uint8_t *buf, size_t len, const char *name, int *
     return rc;
 }
 
-/* Reads a whole regular file into a malloc'ed buffer. The file is opened non-blocking and
- * checked with fstat before any read: a FIFO would otherwise block the open, and seeking to the
- * end of a directory reports a nonsense size instead of failing. */
+/* Reads a whole regular file. The path is checked with stat before it is opened: opening a FIFO
+ * would block, and a directory or device is no image. */
 static int jpeg_read_file(const char *path, uint8_t **data, size_t *len, Err *err)
 {
-    int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
-    if (fd < 0)
-        return err_set(err, "%s: %s", path, strerror(errno));
     struct stat st;
-    if (fstat(fd, &st) != 0) {
-        int e = errno;
-        close(fd);
-        return err_set(err, "%s: %s", path, strerror(e));
-    }
-    if (!S_ISREG(st.st_mode)) {
-        close(fd);
+    if (stat(path, &st) != 0)
+        return err_set(err, "%s: %s", path, strerror(errno));
+    if (!S_ISREG(st.st_mode))
         return err_set(err, "%s: %s, not a JPEG file", path,
                        S_ISDIR(st.st_mode) ? "is a directory" : "not a regular file");
-    }
-    if (st.st_size > JPEG_MAX_FILE_BYTES) {
-        close(fd);
+    if (st.st_size > JPEG_MAX_FILE_BYTES)
         return err_set(err, "%s: file of %lld bytes is too large for a JPEG", path,
                        (long long)st.st_size);
-    }
-    size_t size = (size_t)st.st_size, got = 0;
-    *data = malloc(size > 0 ? size : 1);
-    while (*data && got < size) {
-        ssize_t n = read(fd, *data + got, size - got);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n <= 0)
-            break;
-        got += (size_t)n;
-    }
-    close(fd);
-    if (!*data || got != size) {
-        free(*data);
-        *data = NULL;
-        return err_set(err, "%s: read failed (%zu of %zu bytes)", path, got, size);
-    }
-    *len = size;
-    return 0;
+    return file_read_all(path, (size_t)JPEG_MAX_FILE_BYTES, (char **)data, len, err);
 }
 
 int jpeg_decode_file(const char *path, const JpegDecodeOptions *opt, RgbImage *out, Err *err)

@@ -10,16 +10,13 @@
  * "image", "annotation", "category" or "detection" and its 0-based index in its list. */
 #include "shared/coco.h"
 
-#include <errno.h>
-#include <fcntl.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
-#include <unistd.h>
 
 #include "shared/check.h"
+#include "shared/file_read.h"
 #include "shared/json_reader.h"
 
 /* [x, y, w, h]: four finite numbers with w, h >= 0. */
@@ -309,39 +306,6 @@ static int coco_dataset_index(CocoDataset *ds, const char *name, Err *err)
     return 0;
 }
 
-/* ---- files ---------------------------------------------------------------------------------- */
-
-static int coco_read_file(const char *path, char **text, size_t *len, Err *err)
-{
-    int fd = open(path, O_RDONLY);
-    struct stat st;
-    if (fd < 0) return err_set(err, "%s: %s", path, strerror(errno));
-    size_t cap = fstat(fd, &st) == 0 && S_ISREG(st.st_mode) ? (size_t)st.st_size + 1 : 1 << 16;
-    char *buf = malloc(cap);
-    ASSERT(buf);
-    size_t n = 0;
-    for (;;) {
-        if (n == cap) {
-            cap *= 2;
-            buf = realloc(buf, cap);
-            ASSERT(buf);
-        }
-        ssize_t got = read(fd, buf + n, cap - n);
-        if (got < 0 && errno == EINTR) continue;
-        if (got < 0) {
-            int e = errno;
-            free(buf);
-            close(fd);
-            return err_set(err, "%s: %s", path, strerror(e));
-        }
-        if (got == 0) break;
-        n += (size_t)got;
-    }
-    close(fd);
-    *text = buf, *len = n;
-    return 0;
-}
-
 /* ---- public --------------------------------------------------------------------------------- */
 
 int coco_dataset_parse(CocoDataset *ds, const char *text, size_t len, const char *name, Err *err)
@@ -396,7 +360,7 @@ int coco_dataset_load(CocoDataset *ds, const char *path, Err *err)
     char *text;
     size_t len;
     memset(ds, 0, sizeof *ds);
-    if (coco_read_file(path, &text, &len, err)) return -1;
+    if (file_read_all(path, SIZE_MAX, &text, &len, err)) return -1;
     int rc = coco_dataset_parse(ds, text, len, path, err);
     free(text);
     return rc;
@@ -440,7 +404,7 @@ int coco_detections_load(CocoDetections *dets, const char *path, Err *err)
     char *text;
     size_t len;
     memset(dets, 0, sizeof *dets);
-    if (coco_read_file(path, &text, &len, err)) return -1;
+    if (file_read_all(path, SIZE_MAX, &text, &len, err)) return -1;
     int rc = coco_detections_parse(dets, text, len, path, err);
     free(text);
     return rc;
