@@ -117,32 +117,13 @@ static void train_geometry(const AugConfig *cfg, const AugTrainParams *p, int w,
     ASSERT(g->off_y + g->vis_h <= g->scaled_h && g->off_x + g->vis_w <= g->scaled_w);
 }
 
-static float clampf(float v, float hi) { return v < 0 ? 0 : v > hi ? hi : v; }
-
-/* RandomResizePad then RandomFlip on the boxes, in numpy's float32 (see DESIGN). Returns the
- * number dropped. n is at most DATASET_MAX_INSTANCES. */
+/* RandomResizePad then RandomFlip on the boxes (train_crop_boxes: numpy's float32, see DESIGN):
+ * clipped to the visible window, mirrored within the whole canvas width tw. */
 static int train_boxes(const DatasetBox *boxes, int n, const TrainGeometry *g, int flip, int tw,
                        SampleTarget *t)
 {
-    float sf = (float)g->img_scale, ox = (float)g->off_x, oy = (float)g->off_y;
-    float bw = (float)g->vis_w, bh = (float)g->vis_h, cw = (float)tw;
-    int k = 0;
-    for (int i = 0; i < n; i++) {
-        const DatasetBox *b = &boxes[i];
-        float y1 = clampf(b->y1 * sf - oy, bh), x1 = clampf(b->x1 * sf - ox, bw);
-        float y2 = clampf(b->y2 * sf - oy, bh), x2 = clampf(b->x2 * sf - ox, bw);
-        if (!(y1 < y2 && x1 < x2)) continue;
-        if (flip) { /* effdet _fliph: x_max = width - x_min, x_min = width - x_max */
-            float fx1 = cw - x2, fx2 = cw - x1;
-            x1 = fx1, x2 = fx2;
-        }
-        t->bbox[k][0] = y1, t->bbox[k][1] = x1, t->bbox[k][2] = y2, t->bbox[k][3] = x2;
-        t->cls[k] = b->label, t->crowd[k] = (uint8_t)(b->iscrowd != 0);
-        k++;
-    }
-    t->n = k;
-    train_target_pad(t);
-    return n - k;
+    return train_crop_boxes(boxes, n, g->img_scale, g->off_x, g->off_y, g->vis_w, g->vis_h,
+                            flip ? tw : 0, t);
 }
 
 /* ---- normalization --------------------------------------------------------------------------- */

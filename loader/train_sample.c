@@ -55,19 +55,21 @@ void train_letterbox_geometry(int w, int h, int target_h, int target_w, double *
     *scaled_w = (int)(w * *s), *scaled_h = (int)(h * *s);
 }
 
-int train_transform_boxes(const DatasetBox *boxes, int n, double s, int scaled_w, int scaled_h,
-                          int flip, SampleTarget *t)
+static float clamp_box(float v, float hi) { return v < 0 ? 0 : v > hi ? hi : v; }
+
+int train_crop_boxes(const DatasetBox *boxes, int n, double s, int off_x, int off_y, int bound_w,
+                     int bound_h, int flip_w, SampleTarget *t)
 {
-    float sf = (float)s, bw = (float)scaled_w, bh = (float)scaled_h;
+    float sf = (float)s, ox = (float)off_x, oy = (float)off_y;
+    float bw = (float)bound_w, bh = (float)bound_h, fw = (float)flip_w;
     int k = 0;
     for (int i = 0; i < n; i++) {
         const DatasetBox *b = &boxes[i];
-        float x1 = b->x1 * sf, y1 = b->y1 * sf, x2 = b->x2 * sf, y2 = b->y2 * sf;
-        x1 = x1 < 0 ? 0 : x1 > bw ? bw : x1, x2 = x2 < 0 ? 0 : x2 > bw ? bw : x2;
-        y1 = y1 < 0 ? 0 : y1 > bh ? bh : y1, y2 = y2 < 0 ? 0 : y2 > bh ? bh : y2;
+        float y1 = clamp_box(b->y1 * sf - oy, bh), x1 = clamp_box(b->x1 * sf - ox, bw);
+        float y2 = clamp_box(b->y2 * sf - oy, bh), x2 = clamp_box(b->x2 * sf - ox, bw);
         if (!(x1 < x2 && y1 < y2)) continue;
-        if (flip) {
-            float fx1 = bw - x2, fx2 = bw - x1;
+        if (flip_w > 0) { /* effdet _fliph: x_max = width - x_min, x_min = width - x_max */
+            float fx1 = fw - x2, fx2 = fw - x1;
             x1 = fx1, x2 = fx2;
         }
         t->bbox[k][0] = y1, t->bbox[k][1] = x1, t->bbox[k][2] = y2, t->bbox[k][3] = x2;
@@ -77,6 +79,12 @@ int train_transform_boxes(const DatasetBox *boxes, int n, double s, int scaled_w
     t->n = k;
     train_target_pad(t);
     return n - k;
+}
+
+int train_transform_boxes(const DatasetBox *boxes, int n, double s, int scaled_w, int scaled_h,
+                          int flip, SampleTarget *t)
+{
+    return train_crop_boxes(boxes, n, s, 0, 0, scaled_w, scaled_h, flip ? scaled_w : 0, t);
 }
 
 void train_target_pad(SampleTarget *t)

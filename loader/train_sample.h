@@ -75,8 +75,16 @@ int train_sample_flip(uint64_t seed, uint32_t epoch, size_t index);
 void train_letterbox_geometry(int w, int h, int target_h, int target_w, double *s, int *scaled_w,
                               int *scaled_h);
 
-/* The box part of the transform: boxes (image pixels) -> t->bbox/cls/crowd/n with padding.
- * Returns the number of boxes dropped. */
+/* Boxes of a scaled and cropped image, in effdet's float32 arithmetic: each coordinate times
+ * (float)s, minus the crop offset, clipped to [0, bound_w] x [0, bound_h]; kept when x1 < x2 and
+ * y1 < y2; then, when flip_w > 0, mirrored within [0, flip_w]. Into t (yxyx, padded). Returns the
+ * number of boxes dropped. n is at most DATASET_MAX_INSTANCES. */
+int train_crop_boxes(const DatasetBox *boxes, int n, double s, int off_x, int off_y, int bound_w,
+                     int bound_h, int flip_w, SampleTarget *t);
+
+/* The box part of the transform: boxes (image pixels) -> t->bbox/cls/crowd/n with padding
+ * (train_crop_boxes with no crop, mirrored within the scaled width). Returns the number of boxes
+ * dropped. */
 int train_transform_boxes(const DatasetBox *boxes, int n, double s, int scaled_w, int scaled_h,
                           int flip, SampleTarget *t);
 
