@@ -58,9 +58,10 @@ int data_pipeline_start(DataPipeline *p, const DataPipelineConfig *cfg, Err *err
         cfg->augmenters > DATA_PIPELINE_MAX)
         return err_set(err, "--loaders and --augmenters must be in 1..%d", DATA_PIPELINE_MAX);
     char loader_bin[PATH_MAX], aug_bin[PATH_MAX];
-    /* What a run killed with -9 left: its sockets' directory and its stages' segments. */
+    /* What a run killed with -9 left: its sockets' directory (its stages' segments are removed
+     * by the stages themselves when they start, stage_server_init). */
     Err serr;
-    if (rundir_remove_stale(&serr) < 0 || shm_unlink_stale(&serr) < 0) log_warn("%s", serr.msg);
+    if (rundir_remove_stale(&serr) < 0) log_warn("%s", serr.msg);
     if (sibling("loader", loader_bin, sizeof loader_bin, err) < 0 ||
         sibling("augment", aug_bin, sizeof aug_bin, err) < 0 || rundir_create(p->rundir, err) < 0)
         return -1;
