@@ -50,7 +50,7 @@ $(info $(if $(HAVE_CUDNN),✓ cuDNN found,✗ cuDNN not found: CPU-only build))
 $(info $(if $(HAVE_NCCL),✓ NCCL found,✗ NCCL not found: multi-GPU data parallel disabled))
 
 NVCCFLAGS ?= -O3 -g -lineinfo
-NVCCFLAGS += -std=c++17 -I. -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90 \
+NVCCFLAGS += -std=c++17 --extended-lambda -I. -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90 \
              -Xcompiler -fPIC,-Wall,-fvisibility=hidden
 CUDA_LIBS := -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcudnn -lcublas -lcudart
 
@@ -98,11 +98,11 @@ $(BUILD)/%.o: %.c
 
 $(BUILD)/%.o: %.cu
 	@mkdir -p $(dir $@)
-	$(NVCC) $(NVCCFLAGS) -c $< -o $@
+	$(NVCC) $(NVCCFLAGS) -MMD -MP -c $< -o $@
 
 $(BUILD)/lib/libeffdet_cuda.so: $(CUDA_OBJS) $(BUILD)/shared/err.o
 	@mkdir -p $(dir $@)
-	g++ -shared -o $@ $^ $(CUDA_LIBS) $(if $(HAVE_NCCL),-lnccl,) $(SANFLAGS)
+	g++ -shared -Wl,--no-undefined -o $@ $^ $(CUDA_LIBS) $(if $(HAVE_NCCL),-lnccl,) $(SANFLAGS)
 
 $(LIB): $(LIB_OBJS)
 	@mkdir -p $(dir $@)
@@ -127,7 +127,7 @@ test: all
 # On a machine with a GPU: every CUDA op against the CPU backend (tests/gpu).
 test-gpu: all
 	@test -n "$(USE_CUDA)" || { echo "test-gpu: this build has no CUDA backend"; exit 1; }
-	@EFFDET_BIN=$(abspath $(BUILD)/bin) EFFDET_FIXTURES=$(FIXTURES) bash tests/gpu/run.sh $(GPU_TEST_BINS)
+	@EFFDET_BIN=$(abspath $(BUILD)/bin) EFFDET_FIXTURES=$(FIXTURES) bash tests/gpu/run.sh $(GPU_TEST_BINS) tests/gpu/train_gpu.sh
 
 bench: all
 	@EFFDET_BIN=$(abspath $(BUILD)/bin) EFFDET_FIXTURES=$(FIXTURES) bash tests/bench/run.sh

@@ -162,8 +162,9 @@ typedef struct Ops {
 
     /* Focal + Huber loss of one pyramid level, accumulated: loss[0] += sum focal / norm,
      * loss[1] += sum huber / (4 norm), where norm = (positive anchors over the whole batch) + 1,
-     * the same value for every level's call. dcls = d loss[0] / d cls and dbox = box_weight *
-     * d loss[1] / d box (=, not +=; 0 for ignored anchors and masked components): the gradients
+     * the same value for every level's call. dcls = d loss[0] / d cls (0 for ignored anchors) and
+     * dbox = box_weight * d loss[1] / d box (0 for masked components; as in effdet, the box mask is
+     * the target's zeros alone, whatever the class target) (=, not +=): the gradients
      * of total = loss[0] + box_weight * loss[1]. dcls/dbox may be NULL (loss only).
      * cls (rows, A*C) logits, box (rows, A*4); cls_target (rows*A) int32: class channel
      * 0..C-1, -1 background, -2 ignore; box_target (rows*A, 4) (ty, tx, th, tw), components
@@ -187,6 +188,39 @@ typedef struct Ops {
                        float grad_scale, size_t count);
     /* ema = decay * ema + (1 - decay) * x over count values. */
     void (*ema_update)(OpsCtx *ctx, float *ema, const float *x, float decay, size_t count);
+
+    /* ---- optional: NULL where the backend does not offer them ------------------------------ */
+
+    /* TF32 for the convolutions and GEMMs (on: Ampere and later round their operands to a 10-bit
+     * mantissa, about 1e-3 relative; off, the default: exact fp32). NULL on the CPU. */
+    void (*set_tf32)(OpsCtx *ctx, int on);
+
+    /* Training targets of a batch on the backend, worker/labeler.h's rules and its level-major
+     * output layout, bit for bit. anchors (count, 4) yxyx (backend); level_start (num_levels + 1)
+     * a host array; gt (batch, max_boxes, 4) yxyx input pixels and gt_class (batch, max_boxes)
+     * 1-based (backend), already checked by the host, with padding and crowd rows set to class -1
+     * (rows of class <= -1 are skipped; the others keep their order). Writes cls_target
+     * (batch * count) int32, box_target (batch * count, 4) and positives (batch) int32, the
+     * positive anchors of each image. NULL: the host labels (worker/labeler.c). */
+    void (*label_anchors)(OpsCtx *ctx, int32_t *cls_target, float *box_target, int32_t *positives,
+                          const float *anchors, int count, const int *level_start, int num_levels,
+                          const float *gt, const int32_t *gt_class, int batch, int max_boxes);
+
+    /* Detections of a batch on the backend, worker/postprocess.h steps 1-3: the top k of the
+     * flattened (anchor, class) logits of each image (equal logits: the lower index first),
+     * Faster R-CNN decode against the anchors, score = sigmoid(logit), per-class greedy NMS
+     * (suppress IoU > iou_thresh) in score order (equal score and class: top-k order, where the
+     * host code keeps heap order), the best max_det kept. cls[l] (batch, cells_l,
+     * A*C) and box[l] (batch, cells_l, A*4): host arrays of backend pointers, one per level;
+     * anchors (count, 4) yxyx (backend); level_start a host array. Writes dets (batch, max_det, 6)
+     * rows x1 y1 x2 y2 score class (1-based) in input pixels, sorted by score, zero rows after the
+     * last, and n_dets (batch) int32 (backend). Scratch comes from the workspace, which the caller
+     * reserves with detect_workspace_bytes. NULL: the host does it (worker/postprocess.c). */
+    size_t (*detect_workspace_bytes)(int batch, int count, int classes, int k, int max_det);
+    void (*detect)(OpsCtx *ctx, float *dets, int32_t *n_dets, const float *const *cls,
+                   const float *const *box, const float *anchors, int count,
+                   const int *level_start, int num_levels, int batch, int anchors_per_loc,
+                   int classes, int k, float iou_thresh, int max_det);
 } Ops;
 
 /* The backends. ops_cuda() returns NULL (and fills err) where the CUDA backend was not built or no

@@ -21,12 +21,12 @@
 
 static const char *USAGE =
     "effdet bench --mode forward|infer|train|data|augment|handoff --model NAME [--device cpu|cuda[:N]] [--batch-size B] "
-    "[--image-size HxW] [--iters N] [--warmup N] [--json]";
+    "[--image-size HxW] [--iters N] [--warmup N] [--tf32] [--json]";
 
 typedef struct BenchArgs {
     const char *mode, *model, *device;
     long batch, iters, warmup;
-    int h, w, json;
+    int h, w, json, tf32;
 } BenchArgs;
 
 static double now_s(void)
@@ -43,6 +43,7 @@ static int parse(int argc, char **argv, BenchArgs *a, Err *err)
         {"device", required_argument, 0, 'd'}, {"batch-size", required_argument, 0, 'b'},
         {"image-size", required_argument, 0, 's'}, {"iters", required_argument, 0, 'i'},
         {"warmup", required_argument, 0, 'w'}, {"json", no_argument, 0, 'j'},
+        {"tf32", no_argument, 0, 'T'},
         {0, 0, 0, 0}};
     *a = (BenchArgs){.mode = "forward", .model = "tf_efficientdet_d0", .device = "cpu", .batch = 1,
                      .iters = 10, .warmup = 2};
@@ -58,6 +59,7 @@ static int parse(int argc, char **argv, BenchArgs *a, Err *err)
         case 'i': if (cli_parse_int("--iters", optarg, 1, 1000000, &a->iters, err)) return -1; break;
         case 'w': if (cli_parse_int("--warmup", optarg, 0, 1000000, &a->warmup, err)) return -1; break;
         case 'j': a->json = 1; break;
+        case 'T': a->tf32 = 1; break;
         default: return err_set(err, "unknown option (usage: %s)", USAGE);
         }
     }
@@ -135,6 +137,7 @@ static int run_train(const BenchArgs *a, double *elapsed, int *h, int *w, Err *e
     TrainSettings s;
     train_settings_default(&s, cfg.name, 90, (int)a->batch, *h, *w);
     s.total_steps = a->warmup + a->iters;
+    s.tf32 = a->tf32;
     Trainer t;
     if (trainer_init(&t, &s, a->device, NULL, err) != 0) return -1;
     size_t n_in = (size_t)a->batch * *h * *w * 3;
@@ -179,9 +182,9 @@ int cmd_bench(int argc, char **argv)
         double ips = a.batch * a.iters / elapsed, step_ms = elapsed / a.iters * 1e3;
         if (a.json)
             printf("{\"mode\": \"train\", \"model\": \"%s\", \"device\": \"%s\", \"batch_size\": %ld, "
-                   "\"image_size\": [%d, %d], \"precision\": \"fp32\", \"threads\": %d, \"iters\": %ld, "
+                   "\"image_size\": [%d, %d], \"precision\": \"%s\", \"threads\": %d, \"iters\": %ld, "
                    "\"img_per_s\": %.3f, \"latency_ms\": %.3f, \"peak_rss_mb\": %.1f}\n",
-                   a.model, a.device, a.batch, h, w, omp_get_max_threads(), a.iters, ips, step_ms,
+                   a.model, a.device, a.batch, h, w, a.tf32 ? "tf32" : "fp32", omp_get_max_threads(), a.iters, ips, step_ms,
                    peak_rss_mb());
         else
             printf("train %s %s batch %ld %dx%d fp32, %d threads: %.2f img/s, %.1f ms per step, "
@@ -191,7 +194,8 @@ int cmd_bench(int argc, char **argv)
     }
     InferPipeline p;
     InferOptions o = {.model = a.model, .device = a.device, .weights = NULL, .num_classes = 0,
-                      .batch = (int)a.batch, .h = a.h, .w = a.w, .score_thresh = 0.0f};
+                      .batch = (int)a.batch, .h = a.h, .w = a.w, .score_thresh = 0.0f,
+                      .tf32 = a.tf32};
     if (infer_pipeline_init(&p, &o, &err) != 0) return cli_fail("bench", &err);
     double elapsed = 0;
     int rc = strcmp(a.mode, "forward") ? run_infer(&a, &p, &elapsed, &err) : run_forward(&a, &p, &elapsed);
@@ -199,10 +203,10 @@ int cmd_bench(int argc, char **argv)
         double latency_ms = elapsed / a.iters * 1e3, ips = a.batch * a.iters / elapsed;
         if (a.json)
             printf("{\"mode\": \"%s\", \"model\": \"%s\", \"device\": \"%s\", \"batch_size\": %ld, "
-                   "\"image_size\": [%d, %d], \"precision\": \"fp32\", \"threads\": %d, "
+                   "\"image_size\": [%d, %d], \"precision\": \"%s\", \"threads\": %d, "
                    "\"iters\": %ld, \"img_per_s\": %.3f, \"latency_ms\": %.3f, "
                    "\"arena_mb\": %.1f}\n",
-                   a.mode, p.cfg.name, a.device, a.batch, p.h, p.w, omp_get_max_threads(), a.iters,
+                   a.mode, p.cfg.name, a.device, a.batch, p.h, p.w, a.tf32 ? "tf32" : "fp32", omp_get_max_threads(), a.iters,
                    ips, latency_ms, p.model.arena_bytes / 1048576.0);
         else
             printf("%s %s %s batch %ld %dx%d fp32, %d threads: %.2f img/s, %.2f ms per batch\n",

@@ -1,7 +1,8 @@
 /* cmd_parity.c: `effdet parity DIR --out OUT.safetensors [--device cpu|cuda[:N]]`: runs the model
  * named in a reference fixture directory on its input and writes our outputs under the fixture's
  * names and layouts (worker/parity.h). Where the fixture holds the reference outputs, it also
- * prints, per tensor, max|ours - ref| / max|ref| and whether the detections match as sets. */
+ * prints, per tensor, max|ours - ref| / max|ref| against its bound (parity_bound) and whether the
+ * detections match as sets, and exits 1 when anything is over its bound. */
 #include <getopt.h>
 #include <math.h>
 #include <stdio.h>
@@ -15,25 +16,41 @@
 
 static const char *USAGE = "effdet parity DIR --out OUT.safetensors [--device cpu|cuda[:N]]";
 
-static void report_tensor(const SafeTensors *ref, const char *name, const float *ours, size_t n)
+/* One judged line; returns 1 when the tensor is over its bound (parity_bound). */
+static int judge(const char *name, double rel)
 {
-    const StTensor *t = st_find(ref, name);
-    if (!t || t->dtype != ST_F32 || (size_t)st_numel(t) != n) return;
-    float *buf = malloc(n * sizeof(float));
-    if (!buf) return;
-    memcpy(buf, t->data, n * sizeof(float));
-    printf("  %-14s max|ours-ref|/max|ref| = %.3e\n", name, parity_rel_err(ours, buf, n));
-    free(buf);
+    double bound = parity_bound(name);
+    int bad = bound > 0 && !(rel <= bound);
+    if (bound > 0)
+        printf("  %-14s max|ours-ref|/max|ref| = %.3e  %s (bound %.0e)\n", name, rel,
+               bad ? "FAIL" : "ok", bound);
+    else
+        printf("  %-14s max|ours-ref|/max|ref| = %.3e  (not judged)\n", name, rel);
+    return bad;
 }
 
-/* Training half: losses (relative error) and every gradient / statistic the reference lists. */
-static void report_train(const ParityRun *r, const char *dir)
+static int report_tensor(const SafeTensors *ref, const char *name, const float *ours, size_t n)
+{
+    const StTensor *t = st_find(ref, name);
+    if (!t || t->dtype != ST_F32 || (size_t)st_numel(t) != n) return 0;
+    float *buf = malloc(n * sizeof(float));
+    if (!buf) return 1;
+    memcpy(buf, t->data, n * sizeof(float));
+    int bad = judge(name, parity_rel_err(ours, buf, n));
+    free(buf);
+    return bad;
+}
+
+/* Training half: losses (relative error) and every gradient / statistic the reference lists.
+ * Returns the number of failures. */
+static int report_train(const ParityRun *r, const char *dir)
 {
     char path[1024];
     SafeTensors ref;
     Err err;
+    int bad = 0;
     snprintf(path, sizeof path, "%s/train.safetensors", dir);
-    if (!r->has_train || st_open(&ref, path, &err) != 0) return;
+    if (!r->has_train || st_open(&ref, path, &err) != 0) return 0;
     printf("comparison with %s:\n", path);
     const char *names[3] = {"loss", "class_loss", "box_loss"};
     for (int i = 0; i < 3; i++) {
@@ -41,21 +58,24 @@ static void report_train(const ParityRun *r, const char *dir)
         float v;
         if (!t || t->dtype != ST_F32 || t->nbytes != sizeof v) continue;
         memcpy(&v, t->data, sizeof v);
-        printf("  %-14s ours %.9g ref %.9g rel err %.3e\n", names[i], r->loss[i], v,
-               v ? fabs((r->loss[i] - v) / v) : fabs(r->loss[i]));
+        printf("  %-14s ours %.9g ref %.9g\n", names[i], r->loss[i], v);
+        bad += judge(names[i], v ? fabs((r->loss[i] - v) / v) : fabs(r->loss[i]));
     }
     for (int i = 0; i < r->n_extra; i++)
-        report_tensor(&ref, r->extra[i].name, r->extra[i].data, parity_tensor_numel(&r->extra[i]));
+        bad += report_tensor(&ref, r->extra[i].name, r->extra[i].data, parity_tensor_numel(&r->extra[i]));
     st_close(&ref);
+    return bad;
 }
 
-static void report(const ParityRun *r, const char *dir)
+/* Inference half: head outputs and detections. Returns the number of failures. */
+static int report(const ParityRun *r, const char *dir)
 {
     char path[1024];
     SafeTensors ref;
     Err err;
+    int bad = 0;
     snprintf(path, sizeof path, "%s/io.safetensors", dir);
-    if (st_open(&ref, path, &err) != 0) return;
+    if (st_open(&ref, path, &err) != 0) return 0;
     const ModelConfig *c = &r->cfg;
     int A = model_config_anchors_per_loc(c);
     printf("comparison with %s:\n", path);
@@ -63,26 +83,27 @@ static void report(const ParityRun *r, const char *dir)
         char name[32];
         size_t cells = (size_t)r->batch * r->model.feat_h[l] * r->model.feat_w[l];
         snprintf(name, sizeof name, "class_out.%d", c->min_level + l);
-        report_tensor(&ref, name, r->class_out[l], cells * A * c->num_classes);
+        bad += report_tensor(&ref, name, r->class_out[l], cells * A * c->num_classes);
         snprintf(name, sizeof name, "box_out.%d", c->min_level + l);
-        report_tensor(&ref, name, r->box_out[l], cells * A * 4);
+        bad += report_tensor(&ref, name, r->box_out[l], cells * A * 4);
     }
     const StTensor *d = st_find(&ref, "detections");
     size_t rows = (size_t)r->batch * c->max_det_per_image;
     if (d && d->dtype == ST_F32 && (size_t)st_numel(d) == rows * 6) {
         float *buf = malloc(rows * 6 * sizeof(float));
-        if (buf) {
-            memcpy(buf, d->data, rows * 6 * sizeof(float));
-            int bad = 0;
-            for (int b = 0; b < r->batch; b++)
-                bad += parity_match_detections(r->detections + (size_t)b * c->max_det_per_image * 6,
-                                               buf + (size_t)b * c->max_det_per_image * 6,
-                                               c->max_det_per_image, 1e-3f, 1e-4f, 1e-5f);
-            printf("  detections     %s (%d rows unmatched)\n", bad ? "DIFFER" : "match", bad);
-            free(buf);
-        }
+        int unmatched = 0;
+        if (!buf) return bad + 1;
+        memcpy(buf, d->data, rows * 6 * sizeof(float));
+        for (int b = 0; b < r->batch; b++)
+            unmatched += parity_match_detections(r->detections + (size_t)b * c->max_det_per_image * 6,
+                                                 buf + (size_t)b * c->max_det_per_image * 6,
+                                                 c->max_det_per_image, 1e-3f, 1e-4f, 1e-5f);
+        printf("  detections     %s (%d rows unmatched)\n", unmatched ? "FAIL" : "match", unmatched);
+        bad += unmatched > 0;
+        free(buf);
     }
     st_close(&ref);
+    return bad;
 }
 
 int cmd_parity(int argc, char **argv)
@@ -108,9 +129,11 @@ int cmd_parity(int argc, char **argv)
     if (parity_run(&r, dir, device, &err) != 0) return cli_fail("parity", &err);
     int rc = parity_write(&r, out, &err);
     if (rc == 0) {
-        printf("wrote %s (%s, batch %d, %dx%d)\n", out, r.cfg.name, r.batch, r.h, r.w);
-        report(&r, dir);
-        report_train(&r, dir);
+        printf("wrote %s (%s, batch %d, %dx%d, %s)\n", out, r.cfg.name, r.batch, r.h, r.w, device);
+        int bad = report(&r, dir) + report_train(&r, dir);
+        if (bad) rc = err_set(&err, "%d comparison%s with the reference over %s bound (lines marked FAIL)",
+                              bad, bad == 1 ? "" : "s", bad == 1 ? "its" : "their");
+        else printf("parity: every comparison within its bound\n");
     }
     parity_run_free(&r);
     return rc ? cli_fail("parity", &err) : 0;

@@ -57,7 +57,7 @@ static const char *USAGE =
     "[--no-model-ema] [--model-ema-decay D] [--seed S] [--output DIR] [--resume PATH] "
     "[--initial-checkpoint FILE] [--keep K] [--eval-interval E] [--skip-bad-images] "
     "[--log-interval N] [--checkpoint-interval E] [--bn-momentum M] [--smoothing S] [--remove-weights PREFIX...] "
-    "[--freeze-layers PREFIX...] [--head-only] [--pretrained-backbone FILE] [--device D] "
+    "[--freeze-layers PREFIX...] [--head-only] [--pretrained-backbone FILE] [--device D] [--tf32] "
     "[--loaders N --augmenters M]";
 
 /* The one piece of global state STYLE allows: set by the signal handler, read between steps. */
@@ -69,7 +69,7 @@ typedef struct TrainArgs {
     long num_classes, batch, epochs, seed, keep, eval_interval, log_interval, ckpt_interval;
     long loaders, augmenters; /* 0: decode in this process */
     double lr, warmup_epochs, ema_decay, bn_momentum, smoothing;
-    int h, w, ema, skip_bad, head_only;
+    int h, w, ema, skip_bad, head_only, tf32;
     const char *freeze[TRAIN_MAX_PREFIXES], *remove[TRAIN_MAX_PREFIXES];
     int n_freeze, n_remove;
     char ann_buf[1024];
@@ -94,7 +94,7 @@ static int parse_list(const char *flag, int argc, char **argv, const char **list
 static int parse(int argc, char **argv, TrainArgs *a, Err *err)
 {
     enum { O_NOEMA = 256, O_EMA, O_SKIP, O_REMOVE, O_FREEZE, O_HEAD_ONLY, O_BACKBONE, O_LOADERS,
-           O_AUGMENTERS };
+           O_AUGMENTERS, O_TF32 };
     static const struct option opts[] = {
         {"data", required_argument, 0, 'D'}, {"ann", required_argument, 0, 'A'},
         {"images", required_argument, 0, 'I'}, {"model", required_argument, 0, 'm'},
@@ -116,6 +116,7 @@ static int parse(int argc, char **argv, TrainArgs *a, Err *err)
         {"pretrained-backbone", required_argument, 0, O_BACKBONE},
         {"loaders", required_argument, 0, O_LOADERS},
         {"augmenters", required_argument, 0, O_AUGMENTERS},
+        {"tf32", no_argument, 0, O_TF32},
         {0, 0, 0, 0}};
     *a = (TrainArgs){.model = "tf_efficientdet_d0", .output = "effdet-train", .device = "cpu",
                      .batch = 8, .epochs = 10, .seed = 42, .keep = 3, .eval_interval = 0,
@@ -147,6 +148,7 @@ static int parse(int argc, char **argv, TrainArgs *a, Err *err)
         case O_SKIP: a->skip_bad = 1; break;
         case 'L': if (cli_parse_int("--log-interval", optarg, 1, 1000000, &a->log_interval, err)) return -1; break;
         case 'd': a->device = optarg; break;
+        case O_TF32: a->tf32 = 1; break;
         case 'Z': if (cli_parse_float("--smoothing", optarg, 0, 1, &a->smoothing, err)) return -1; break;
         case 'B': if (cli_parse_float("--bn-momentum", optarg, 1e-6, 1, &a->bn_momentum, err)) return -1; break;
         case 'c': if (cli_parse_int("--checkpoint-interval", optarg, 1, 1000000, &a->ckpt_interval, err)) return -1; break;
@@ -228,6 +230,7 @@ static int run_init(Run *r, Err *err)
     s.total_steps = a->epochs * (long)r->steps_per_epoch;
     s.ema = a->ema, s.ema_decay = a->ema_decay, s.seed = (uint64_t)a->seed;
     s.bn_momentum = a->bn_momentum;
+    s.tf32 = a->tf32;
     s.label_smoothing = a->smoothing;
     for (int i = 0; i < a->n_freeze; i++) snprintf(s.freeze[i], sizeof s.freeze[i], "%s", a->freeze[i]);
     for (int i = 0; i < a->n_remove; i++)

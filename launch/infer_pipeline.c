@@ -19,7 +19,8 @@ int infer_pipeline_init(InferPipeline *p, const InferOptions *o, Err *err)
     p->w = o->w ? o->w : p->cfg.image_w;
     p->score_thresh = o->score_thresh;
     if (model_create(&p->model, &p->cfg, ops, dev, err) != 0) return -1;
-    int rc = o->weights_later ? 0
+    int rc = model_set_tf32(&p->model, o->tf32, err);
+    if (rc == 0) rc = o->weights_later ? 0
              : o->weights     ? model_load_weights(&p->model, o->weights, err)
                               : model_init_random(&p->model, 1234, err);
     if (rc == 0 && model_plan(&p->model, p->batch, p->h, p->w, PLAN_INFER, err) != 0) {
@@ -27,20 +28,16 @@ int infer_pipeline_init(InferPipeline *p, const InferOptions *o, Err *err)
         rc = -1;
     }
     if (rc == 0) rc = anchors_build(&p->anchors, &p->cfg, p->h, p->w, err);
-    if (rc == 0) rc = postprocess_init(&p->post, &p->cfg, &p->anchors, err);
+    if (rc == 0) rc = detector_init(&p->detector, &p->model, &p->anchors, err);
     if (rc != 0) goto fail;
     size_t in_count = (size_t)p->batch * p->h * p->w * 3;
     p->host_input = malloc(in_count * sizeof(float));
     p->slots = calloc((size_t)p->batch, sizeof *p->slots);
     p->dets = malloc((size_t)p->batch * p->cfg.max_det_per_image * sizeof *p->dets);
-    if (!p->host_input || !p->slots || !p->dets) goto oom;
-    if (!ops->host_memory) {
-        for (int l = 0; l < p->cfg.num_levels; l++) {
-            p->host_cls[l] = malloc(act_count(p->model.class_out[l]) * sizeof(float));
-            p->host_box[l] = malloc(act_count(p->model.box_out[l]) * sizeof(float));
-            if (!p->host_cls[l] || !p->host_box[l]) goto oom;
-        }
-    }
+    p->img_scale = malloc((size_t)p->batch * sizeof *p->img_scale);
+    p->orig_w = malloc((size_t)p->batch * sizeof *p->orig_w);
+    p->orig_h = malloc((size_t)p->batch * sizeof *p->orig_h);
+    if (!p->host_input || !p->slots || !p->dets || !p->img_scale || !p->orig_w || !p->orig_h) goto oom;
     return 0;
 oom:
     err_set(err, "infer: out of memory for batch %d at %dx%d", p->batch, p->h, p->w);
@@ -51,15 +48,13 @@ fail:
 
 void infer_pipeline_free(InferPipeline *p)
 {
+    detector_free(&p->detector); /* before the model: it frees backend memory */
     model_free(&p->model);
     anchors_free(&p->anchors);
-    postprocess_free(&p->post);
     free(p->host_input), free(p->slots), free(p->dets);
+    free(p->img_scale), free(p->orig_w), free(p->orig_h);
     p->host_input = NULL, p->slots = NULL, p->dets = NULL;
-    for (int l = 0; l < MAX_LEVELS; l++) {
-        free(p->host_cls[l]), free(p->host_box[l]);
-        p->host_cls[l] = p->host_box[l] = NULL;
-    }
+    p->img_scale = NULL, p->orig_w = p->orig_h = NULL;
     rgb_image_free(&p->decoded);
     rgb_image_free(&p->boxed);
 }
@@ -109,32 +104,18 @@ int infer_pipeline_run(InferPipeline *p, int n, InferResult *res, Err *err)
         if (!p->slots[i].ok) memset(p->host_input + (size_t)i * p->h * p->w * 3, 0, (size_t)p->h * p->w * 3 * sizeof(float));
     m->ops->mem_upload(m->ctx, m->input.p, p->host_input, (size_t)p->batch * p->h * p->w * 3 * sizeof(float));
     model_forward(m);
-    const float *cls_all[MAX_LEVELS], *box_all[MAX_LEVELS];
-    for (int l = 0; l < c->num_levels; l++) {
-        cls_all[l] = m->class_out[l].p, box_all[l] = m->box_out[l].p;
-        if (!m->ops->host_memory) {
-            m->ops->mem_download(m->ctx, p->host_cls[l], m->class_out[l].p, act_count(m->class_out[l]) * sizeof(float));
-            m->ops->mem_download(m->ctx, p->host_box[l], m->box_out[l].p, act_count(m->box_out[l]) * sizeof(float));
-            cls_all[l] = p->host_cls[l], box_all[l] = p->host_box[l];
-        }
+    for (int i = 0; i < n; i++) {
+        p->img_scale[i] = p->slots[i].img_scale;
+        p->orig_w[i] = p->slots[i].orig_w, p->orig_h[i] = p->slots[i].orig_h;
     }
-    int A = model_config_anchors_per_loc(c);
+    detector_run(&p->detector, n, p->img_scale, p->orig_w, p->orig_h, p->dets, res->count);
     res->dets = p->dets;
     for (int i = 0; i < n; i++) {
-        res->count[i] = 0;
-        if (!p->slots[i].ok) continue;
-        const float *cls[MAX_LEVELS], *box[MAX_LEVELS];
-        for (int l = 0; l < c->num_levels; l++) {
-            size_t cells = (size_t)m->feat_h[l] * m->feat_w[l];
-            cls[l] = cls_all[l] + i * cells * A * c->num_classes;
-            box[l] = box_all[l] + i * cells * A * 4;
-        }
         Detection *d = p->dets + (size_t)i * c->max_det_per_image;
-        int k = postprocess_image(&p->post, cls, box, p->slots[i].img_scale, p->slots[i].orig_w,
-                                  p->slots[i].orig_h, d);
         int kept = 0;
-        for (int j = 0; j < k; j++)
-            if (d[j].score >= p->score_thresh) d[kept++] = d[j];
+        if (p->slots[i].ok)
+            for (int j = 0; j < res->count[i]; j++)
+                if (d[j].score >= p->score_thresh) d[kept++] = d[j];
         res->count[i] = kept;
     }
     (void)err;

@@ -10,6 +10,7 @@
 #include "shared/err.h"
 #include "worker/anchors.h"
 #include "worker/model/model.h"
+#include "worker/detector.h"
 #include "worker/postprocess.h"
 
 typedef struct InferOptions {
@@ -20,6 +21,7 @@ typedef struct InferOptions {
     int batch;
     int h, w;             /* model input; 0: the variant's native size */
     float score_thresh;   /* detections below are dropped */
+    int tf32;             /* --tf32 (CUDA) */
 } InferOptions;
 
 typedef struct InferSlot {
@@ -37,13 +39,14 @@ typedef struct InferPipeline {
     ModelConfig cfg;
     Model model;
     Anchors anchors;
-    Postprocess post;
+    Detector detector;    /* top-k + NMS on the backend when it can, else on the host */
     int batch, h, w;
     float score_thresh;
     float *host_input;    /* (batch, H, W, 3) staging, uploaded once per batch */
-    float *host_cls[MAX_LEVELS], *host_box[MAX_LEVELS]; /* downloads, NULL on host backends */
     InferSlot *slots;
     Detection *dets;      /* (batch, max_det) */
+    float *img_scale;     /* (batch) the slots' scales and sizes, as detector_run takes them */
+    int *orig_w, *orig_h;
     RgbImage decoded, boxed;
 } InferPipeline;
 

@@ -42,7 +42,8 @@ int train_evaluate(const TrainSettings *s, const char *device, const float *para
     /* The trainer's weights replace any initialisation: skip the random one. */
     InferOptions o = {.model = s->model, .device = device, .num_classes = s->num_classes,
                       .weights_later = 1,
-                      .batch = s->batch, .h = s->h, .w = s->w, .score_thresh = 0.0f};
+                      .batch = s->batch, .h = s->h, .w = s->w, .score_thresh = 0.0f,
+                      .tf32 = s->tf32};
     CocoEval *ev = NULL;
     CocoDetection *dets = NULL;
     int rc = -1;

@@ -100,13 +100,11 @@ void labeler_free(Labeler *lb)
     memset(lb, 0, sizeof *lb);
 }
 
-/* Keeps the GT rows effdet keeps (class > -1, not crowd) in order; -1 with err on bad input. */
-static int labeler_gather_gts(Labeler *lb, const float *boxes, const int32_t *classes,
-                              const uint8_t *crowd, int n_boxes, Err *err)
+int labeler_check_rows(const Labeler *lb, const float *boxes, const int32_t *classes,
+                       const uint8_t *crowd, int n_boxes, Err *err)
 {
     if (n_boxes < 0 || n_boxes > lb->max_boxes)
         return err_set(err, "labeler: %d GT boxes, at most %d allowed", n_boxes, lb->max_boxes);
-    int k = 0;
     for (int i = 0; i < n_boxes; i++) {
         if (classes[i] <= -1 || (crowd && crowd[i])) continue;
         if (classes[i] > lb->num_classes)
@@ -115,6 +113,19 @@ static int labeler_gather_gts(Labeler *lb, const float *boxes, const int32_t *cl
         const float *b = boxes + 4 * i;
         if (!isfinite(b[0]) || !isfinite(b[1]) || !isfinite(b[2]) || !isfinite(b[3]))
             return err_set(err, "labeler: GT box %d has a non-finite coordinate", i);
+    }
+    return 0;
+}
+
+/* Keeps the GT rows effdet keeps (class > -1, not crowd) in order; -1 with err on bad input. */
+static int labeler_gather_gts(Labeler *lb, const float *boxes, const int32_t *classes,
+                              const uint8_t *crowd, int n_boxes, Err *err)
+{
+    if (labeler_check_rows(lb, boxes, classes, crowd, n_boxes, err) != 0) return -1;
+    int k = 0;
+    for (int i = 0; i < n_boxes; i++) {
+        if (classes[i] <= -1 || (crowd && crowd[i])) continue;
+        const float *b = boxes + 4 * i;
         memcpy(lb->gt + 4 * k, b, 4 * sizeof(float));
         lb->gt_area[k] = (b[2] - b[0]) * (b[3] - b[1]);
         lb->gt_class[k] = classes[i];

@@ -72,6 +72,12 @@ void labeler_free(Labeler *lb); /* idempotent */
  * crowd (n_boxes) nonzero marks a crowd box, or NULL for none. Returns the number of positive
  * anchors (>= 0), or -1 with err filled for bad input: more than max_boxes rows, a class above
  * num_classes, a non-finite coordinate. */
+/* The checks labeler_label_image makes on one image's GT rows (at most max_boxes rows; in every
+ * row it keeps, a class up to num_classes and finite coordinates), for callers that label on a
+ * backend (ops->label_anchors). 0, or -1 with err naming the row. */
+int labeler_check_rows(const Labeler *lb, const float *boxes, const int32_t *classes,
+                       const uint8_t *crowd, int n_boxes, Err *err);
+
 int labeler_label_image(Labeler *lb, int32_t *cls_target, float *box_target, int b, int batch,
                         const float *boxes, const int32_t *classes, const uint8_t *crowd,
                         int n_boxes, Err *err);

@@ -9,6 +9,7 @@
 
 #include "shared/layout.h"
 #include "shared/safetensors.h"
+#include "worker/detector.h"
 #include "worker/postprocess.h"
 
 /* Reads model, num_classes, image_size and batch from the weights file's metadata. */
@@ -67,54 +68,46 @@ static int load_input(ParityRun *r, const char *path, Err *err)
     return rc;
 }
 
-/* Head outputs to host NCHW, then detections per image. */
+/* Head outputs to host NCHW, then the detections of the batch (on the backend when it can). */
 static int collect_outputs(ParityRun *r, Err *err)
 {
     Model *m = &r->model;
     const ModelConfig *c = &r->cfg;
-    int A = model_config_anchors_per_loc(c), max_det = c->max_det_per_image;
-    float *nhwc_cls[MAX_LEVELS] = {0}, *nhwc_box[MAX_LEVELS] = {0};
-    Postprocess pp;
-    int rc = -1;
-    if (postprocess_init(&pp, c, &r->anchors, err) != 0) return -1;
+    int max_det = c->max_det_per_image;
+    float *nhwc = NULL;
+    Detector det;
+    Detection *dets = NULL;
+    int *count = NULL, rc = -1;
+    if (detector_init(&det, m, &r->anchors, err) != 0) return -1;
     for (int l = 0; l < c->num_levels; l++) {
-        Act4 co = m->class_out[l], bo = m->box_out[l];
-        nhwc_cls[l] = malloc(act_count(co) * sizeof(float));
-        nhwc_box[l] = malloc(act_count(bo) * sizeof(float));
-        r->class_out[l] = malloc(act_count(co) * sizeof(float));
-        r->box_out[l] = malloc(act_count(bo) * sizeof(float));
-        if (!nhwc_cls[l] || !nhwc_box[l] || !r->class_out[l] || !r->box_out[l]) goto done;
-        m->ops->mem_download(m->ctx, nhwc_cls[l], co.p, act_count(co) * sizeof(float));
-        m->ops->mem_download(m->ctx, nhwc_box[l], bo.p, act_count(bo) * sizeof(float));
-        layout_nhwc_to_nchw(r->class_out[l], nhwc_cls[l], co.n, co.h, co.w, co.c);
-        layout_nhwc_to_nchw(r->box_out[l], nhwc_box[l], bo.n, bo.h, bo.w, bo.c);
+        Act4 t[2] = {m->class_out[l], m->box_out[l]};
+        float **dst[2] = {&r->class_out[l], &r->box_out[l]};
+        for (int j = 0; j < 2; j++) {
+            free(nhwc);
+            nhwc = malloc(act_count(t[j]) * sizeof(float));
+            *dst[j] = malloc(act_count(t[j]) * sizeof(float));
+            if (!nhwc || !*dst[j]) goto done;
+            m->ops->mem_download(m->ctx, nhwc, t[j].p, act_count(t[j]) * sizeof(float));
+            layout_nhwc_to_nchw(*dst[j], nhwc, t[j].n, t[j].h, t[j].w, t[j].c);
+        }
     }
     r->detections = calloc((size_t)r->batch * max_det * 6, sizeof(float));
-    Detection *dets = malloc((size_t)max_det * sizeof *dets);
-    if (!r->detections || !dets) {
-        free(dets);
-        goto done;
-    }
-    for (int b = 0; b < r->batch; b++) {
-        const float *cls[MAX_LEVELS], *box[MAX_LEVELS];
-        for (int l = 0; l < c->num_levels; l++) {
-            size_t cells = (size_t)m->feat_h[l] * m->feat_w[l];
-            cls[l] = nhwc_cls[l] + b * cells * A * c->num_classes;
-            box[l] = nhwc_box[l] + b * cells * A * 4;
-        }
-        int n = postprocess_image(&pp, cls, box, 0.0f, 0, 0, dets);
-        for (int i = 0; i < n; i++) {
+    dets = malloc((size_t)r->batch * max_det * sizeof *dets);
+    count = malloc((size_t)r->batch * sizeof *count);
+    if (!r->detections || !dets || !count) goto done;
+    detector_run(&det, r->batch, NULL, NULL, NULL, dets, count);
+    for (int b = 0; b < r->batch; b++)
+        for (int i = 0; i < count[b]; i++) {
+            const Detection *d = &dets[(size_t)b * max_det + i];
             float *row = r->detections + ((size_t)b * max_det + i) * 6;
-            row[0] = dets[i].x1, row[1] = dets[i].y1, row[2] = dets[i].x2, row[3] = dets[i].y2;
-            row[4] = dets[i].score, row[5] = (float)dets[i].class_id;
+            row[0] = d->x1, row[1] = d->y1, row[2] = d->x2, row[3] = d->y2;
+            row[4] = d->score, row[5] = (float)d->class_id;
         }
-    }
-    free(dets);
     rc = 0;
 done:
     if (rc) err_set(err, "parity: out of memory for the outputs");
-    for (int l = 0; l < MAX_LEVELS; l++) free(nhwc_cls[l]), free(nhwc_box[l]);
-    postprocess_free(&pp);
+    free(nhwc), free(dets), free(count);
+    detector_free(&det);
     return rc;
 }
 
@@ -187,6 +180,31 @@ int parity_write(const ParityRun *r, const char *path, Err *err)
     }
     const char *meta[] = {"model", c->name, "generator", "effdet-c parity"};
     return st_write(path, ts, n, meta, 2, err);
+}
+
+/* Why the gradients from BiFPN cell 0 down get 1e-1: this fixture's batch of 2 at 128x128 makes
+ * the train-mode BN of P6/P7 (2x2 and 1x1 maps) normalize over 8 and 2 values, which amplifies
+ * float32 rounding. Measured: feeding our own network the same input perturbed by 1e-6 relative
+ * (the size of the fp32-vs-fp32 difference between two implementations) moves these gradients by
+ * 2.0e-2 .. 3.5e-2, while our 1-thread and 2-thread runs agree to 2e-6; a change of summation
+ * order inside one of our own kernels moved them by up to 3e-2 too. 1e-1 still catches a wrong
+ * rule, which moves a gradient by its own size; the losses and statistics keep tight bounds.
+ * BiFPN cell 1 is sensitive too, less so: 1e-6 relative input perturbations (4 seeds, CPU) moved
+ * its listed gradients to 3.1e-4 .. 9.5e-4 from the reference (conv_dw) and 2.2e-4 .. 7.0e-4
+ * (conv_pw), at the old 1e-3 bound, which the CUDA backend's fp32 rounding then crossed (1.04e-3);
+ * 3e-3 keeps a 3x margin over that noise and still catches any wrong rule. The heads' gradients
+ * moved by at most 2.8e-4 and keep 1e-3. */
+double parity_bound(const char *name)
+{
+    if (!strncmp(name, "class_out.", 10) || !strncmp(name, "box_out.", 8)) return 1e-4;
+    if (!strcmp(name, "loss") || !strcmp(name, "class_loss") || !strcmp(name, "box_loss")) return 1e-4;
+    if (!strncmp(name, "bn_after.", 9)) return 1e-5;
+    if (!strncmp(name, "grad.backbone.", 14) || !strncmp(name, "grad.fpn.resample.", 18) ||
+        !strncmp(name, "grad.fpn.cell.0.", 16))
+        return 1e-1;
+    if (!strncmp(name, "grad.fpn.cell.1.", 16)) return 3e-3;
+    if (!strncmp(name, "grad.", 5)) return 1e-3;
+    return 0;
 }
 
 double parity_rel_err(const float *ours, const float *ref, size_t n)

@@ -55,6 +55,14 @@ int parity_write(const ParityRun *r, const char *path, Err *err);
 /* max|ours - ref| / max|ref| over n values (0 when both are all zero). */
 double parity_rel_err(const float *ours, const float *ref, size_t n);
 
+/* The bound a tensor of a parity run must meet against the reference, by its name, on every
+ * backend: head outputs (class_out.*, box_out.*) and the losses 1e-4 (max|ours - ref| / max|ref|,
+ * losses relative), BN running statistics after the train step (bn_after.*) 1e-5, gradients 1e-3,
+ * except BiFPN cell 1's, 3e-3, and those from BiFPN cell 0 down, 1e-1 (worker/parity.c says why:
+ * measured fp32 rounding noise of this fixture). 0: not judged (the
+ * train-mode head outputs, reported for information). */
+double parity_bound(const char *name);
+
 /* Matches detection rows (rows of 6) as sets: same class, each box corner within
  * box_abs + box_rel * |ref| pixels, score within score_tol. Returns the number of rows of either
  * side left unmatched (0 = same). From the same head outputs, boxes agree to 1e-3 px; through a

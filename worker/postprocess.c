@@ -107,6 +107,15 @@ static float iou(const Detection *a, const Detection *b)
     return inter / (area_a + area_b - inter);
 }
 
+void postprocess_to_original(Detection *d, float img_scale, int orig_w, int orig_h)
+{
+    float mw = orig_w / img_scale, mh = orig_h / img_scale;
+    d->x1 = fminf(fmaxf(d->x1, 0.0f), mw) * img_scale;
+    d->x2 = fminf(fmaxf(d->x2, 0.0f), mw) * img_scale;
+    d->y1 = fminf(fmaxf(d->y1, 0.0f), mh) * img_scale;
+    d->y2 = fminf(fmaxf(d->y2, 0.0f), mh) * img_scale;
+}
+
 int postprocess_image(Postprocess *p, const float *const *cls, const float *const *box,
                       float img_scale, int orig_w, int orig_h, Detection *out)
 {
@@ -128,13 +137,7 @@ int postprocess_image(Postprocess *p, const float *const *cls, const float *cons
                 iou(&d, &p->cand[j]) > p->cfg->nms_iou)
                 p->suppressed[j] = 1;
         }
-        if (img_scale > 0) {
-            float mw = orig_w / img_scale, mh = orig_h / img_scale;
-            d.x1 = fminf(fmaxf(d.x1, 0.0f), mw) * img_scale;
-            d.x2 = fminf(fmaxf(d.x2, 0.0f), mw) * img_scale;
-            d.y1 = fminf(fmaxf(d.y1, 0.0f), mh) * img_scale;
-            d.y2 = fminf(fmaxf(d.y2, 0.0f), mh) * img_scale;
-        }
+        if (img_scale > 0) postprocess_to_original(&d, img_scale, orig_w, orig_h);
         out[kept++] = d;
     }
     return kept;

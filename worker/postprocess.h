@@ -42,4 +42,8 @@ void postprocess_free(Postprocess *p); /* idempotent */
 int postprocess_image(Postprocess *p, const float *const *cls, const float *const *box,
                       float img_scale, int orig_w, int orig_h, Detection *out);
 
+/* Step 4 alone: clips a detection in input pixels to the image and scales it to original pixels
+ * (img_scale > 0). */
+void postprocess_to_original(Detection *d, float img_scale, int orig_w, int orig_h);
+
 #endif

@@ -57,6 +57,24 @@ static void *backend_alloc(Trainer *t, size_t bytes, Err *err)
     return t->model.ops->mem_alloc(t->model.ctx, bytes ? bytes : 1, err);
 }
 
+/* The buffers of make_targets_backend, and the anchors' one upload. */
+static int alloc_backend_targets(Trainer *t, Err *err)
+{
+    const size_t gts = (size_t)t->s.batch * TRAIN_MAX_BOXES;
+    const size_t anchor_bytes = (size_t)t->anchors.count * 4 * sizeof(float);
+    t->anchors_dev = backend_alloc(t, anchor_bytes, err);
+    t->gt_dev = backend_alloc(t, gts * 4 * sizeof(float), err);
+    t->gt_class_dev = backend_alloc(t, gts * sizeof(int32_t), err);
+    t->positives_dev = backend_alloc(t, (size_t)t->s.batch * sizeof(int32_t), err);
+    t->gt_class_host = malloc((gts ? gts : 1) * sizeof(int32_t));
+    t->positives_host = malloc((size_t)t->s.batch * sizeof(int32_t));
+    if (!t->anchors_dev || !t->gt_dev || !t->gt_class_dev || !t->positives_dev ||
+        !t->gt_class_host || !t->positives_host)
+        return err_set(err, "trainer: out of memory for the targets of batch %d", t->s.batch);
+    t->model.ops->mem_upload(t->model.ctx, t->anchors_dev, t->anchors.boxes, anchor_bytes);
+    return 0;
+}
+
 static int alloc_state(Trainer *t, const uint8_t *frozen, Err *err)
 {
     const ParamTable *pt = &t->model.table;
@@ -71,6 +89,7 @@ static int alloc_state(Trainer *t, const uint8_t *frozen, Err *err)
     if (!t->momentum || !t->decay_mask || !t->cls_target || !t->box_target || !t->scalars ||
         !t->cls_target_host || !t->box_target_host)
         return err_set(err, "trainer: out of memory for batch %d", t->s.batch);
+    if (t->model.ops->label_anchors && alloc_backend_targets(t, err) != 0) return -1;
     if (t->s.ema) {
         t->ema_params = backend_alloc(t, pt->n_params * sizeof(float), err);
         t->ema_buffers = backend_alloc(t, pt->n_buffers * sizeof(float), err);
@@ -295,6 +314,10 @@ int trainer_init(Trainer *t, const TrainSettings *s, const char *device, const c
     const Ops *ops = ops_for_device(device, &dev, err);
     if (!ops || model_config_get(s->model, s->num_classes, &t->cfg, err) != 0) return -1;
     if (model_create(&t->model, &t->cfg, ops, dev, err) != 0) return -1;
+    if (model_set_tf32(&t->model, s->tf32, err) != 0) {
+        trainer_free(t);
+        return -1;
+    }
     t->model.bn_momentum = (float)s->bn_momentum;
     uint8_t *frozen = NULL;
     char json[sizeof ((CheckpointState *)0)->settings];
@@ -323,7 +346,12 @@ void trainer_free(Trainer *t)
         o->mem_free(c, t->momentum), o->mem_free(c, t->ema_params), o->mem_free(c, t->ema_buffers);
         o->mem_free(c, t->decay_mask), o->mem_free(c, t->cls_target), o->mem_free(c, t->box_target);
         o->mem_free(c, t->scalars);
+        o->mem_free(c, t->anchors_dev), o->mem_free(c, t->gt_dev), o->mem_free(c, t->gt_class_dev);
+        o->mem_free(c, t->positives_dev);
     }
+    t->anchors_dev = t->gt_dev = NULL, t->gt_class_dev = t->positives_dev = NULL;
+    free(t->gt_class_host), free(t->positives_host);
+    t->gt_class_host = t->positives_host = NULL;
     free(t->frozen);
     t->frozen = NULL, t->n_frozen = 0;
     t->momentum = t->ema_params = t->ema_buffers = t->box_target = t->scalars = NULL;
@@ -335,10 +363,41 @@ void trainer_free(Trainer *t)
     model_free(&t->model);
 }
 
+/* Targets for the batch on the backend (ops->label_anchors, the same targets bit for bit): the
+ * host checks the GT rows as the labeler would and marks crowd rows as class -1 (padding already
+ * is), one upload of the rows, one download of the positives. Returns the total or -1. */
+static int make_targets_backend(Trainer *t, const float *boxes, const int32_t *classes,
+                                const uint8_t *crowd, int max_boxes, Err *err)
+{
+    const Ops *o = t->model.ops;
+    OpsCtx *ctx = t->model.ctx;
+    const int batch = t->s.batch;
+    for (int b = 0; b < batch; b++) {
+        const size_t first = (size_t)b * max_boxes;
+        if (labeler_check_rows(&t->labeler, boxes + 4 * first, classes + first,
+                          crowd ? crowd + first : NULL, max_boxes, err) != 0)
+            return err_wrap(err, "image %d of the batch: ", b);
+    }
+    /* max_boxes <= TRAIN_MAX_BOXES now, so the rows fit the buffers with max_boxes as stride. */
+    const size_t rows = (size_t)batch * max_boxes;
+    for (size_t i = 0; i < rows; i++) t->gt_class_host[i] = crowd && crowd[i] ? -1 : classes[i];
+    o->mem_upload(ctx, t->gt_dev, boxes, rows * 4 * sizeof(float));
+    o->mem_upload(ctx, t->gt_class_dev, t->gt_class_host, rows * sizeof(int32_t));
+    o->label_anchors(ctx, t->cls_target, t->box_target, t->positives_dev, t->anchors_dev,
+                     t->anchors.count, t->labeler.level_start, t->labeler.num_levels, t->gt_dev,
+                     t->gt_class_dev, batch, max_boxes);
+    o->mem_download(ctx, t->positives_host, t->positives_dev, (size_t)batch * sizeof(int32_t));
+    int total = 0;
+    for (int b = 0; b < batch; b++) total += t->positives_host[b];
+    return total;
+}
+
 /* Targets for the batch on the host, then one upload. Returns the total positives or -1. */
 static int make_targets(Trainer *t, const float *boxes, const int32_t *classes,
                         const uint8_t *crowd, int max_boxes, Err *err)
 {
+    if (t->model.ops->label_anchors)
+        return make_targets_backend(t, boxes, classes, crowd, max_boxes, err);
     int total = 0;
     for (int b = 0; b < t->s.batch; b++) {
         const uint8_t *cr = crowd ? crowd + (size_t)b * max_boxes : NULL;

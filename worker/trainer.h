@@ -34,6 +34,7 @@ typedef struct TrainSettings {
     double alpha, gamma, delta, box_weight, label_smoothing;
     double bn_momentum;           /* > 0: override effdet's BN momenta (0.1 backbone, 0.01 rest) */
     uint64_t seed;
+    int tf32;                     /* --tf32 (CUDA): TF32 convolutions */
     /* Fine-tuning. Prefixes are plain name prefixes ("backbone" freezes every backbone.* tensor);
      * each must match some tensor of the model. */
     char freeze[TRAIN_MAX_PREFIXES][TRAIN_PREFIX_CAP]; /* --freeze-layers */
@@ -67,6 +68,12 @@ typedef struct Trainer {
     int32_t *cls_target_host, *cls_target;      /* (batch * anchors) */
     float *box_target_host, *box_target;        /* (batch * anchors, 4) */
     float *scalars;                             /* backend: loss[2], sum of squares */
+    /* Targets made on the backend (ops->label_anchors non-NULL; otherwise all NULL): the anchors,
+     * uploaded once, the batch's GT rows and each image's positives. */
+    float *anchors_dev;                         /* backend (anchors, 4) */
+    float *gt_dev;                              /* backend (batch, TRAIN_MAX_BOXES, 4) */
+    int32_t *gt_class_host, *gt_class_dev;      /* (batch, TRAIN_MAX_BOXES): crowd rows are -1 */
+    int32_t *positives_host, *positives_dev;    /* (batch) */
     size_t *frozen;                             /* (n_frozen, 2) [offset, count) float ranges of
                                                    frozen parameters in the params block */
     int n_frozen;

@@ -13,8 +13,8 @@
  * Box: per component with target t != 0 (effdet masks exact zeros), e = box - t,
  *   huber(e) = 0.5 min(|e|, d)^2 + d (|e| - min(|e|, d)),  d huber / de = clamp(e, -d, d).
  * loss[0] += sum focal / norm, loss[1] += sum huber / (4 norm);
- * dcls = d focal / dx / norm, dbox = box_weight * clamp(e, -d, d) / (4 norm) (both =, and 0 where
- * masked or ignored), so the caller's total = loss[0] + box_weight * loss[1] has exactly these
+ * dcls = d focal / dx / norm (0 for ignored anchors), dbox = box_weight * clamp(e, -d, d) / (4 norm)
+ * (0 for masked components), both =, so the caller's total = loss[0] + box_weight * loss[1] has exactly these
  * gradients.
  *
  * The per-element terms are float32, in effdet's order of operations (q = 1 - p_t is rounded as

@@ -1,5 +1,5 @@
-/* conv_cudnn.cu: regular (groups = 1) convolution forward through cuDNN, fp32, NHWC, TF SAME
- * padding; the only translation unit of the backend that calls cuDNN.
+/* conv_cudnn.cu: regular (groups = 1) convolution forward and backward through cuDNN, fp32, NHWC,
+ * TF SAME padding; the only translation unit of the backend that calls cuDNN.
  *
  * Layouts. Activations are NHWC tensors and the weights (Cout, KH, KW, Cin) are a CUDNN_TENSOR_NHWC
  * filter, whose KRSC order is our OHWI byte for byte, so nothing is transposed.
@@ -17,36 +17,81 @@
  * being computed wrong. Symmetric shapes (every stride-1 convolution with odd k, every 1x1) skip
  * the copy and run on the caller's input directly.
  *
- * Algorithms. A plan per shape holds the cuDNN descriptors and the algorithm, in a fixed-capacity
- * cache in the context. The algorithm comes from cuDNN's heuristics (cudnnGetConvolutionForward-
- * Algorithm_v7) rather than from cudnnFind: the heuristics run on the host, need no scratch output
- * and no synchronization, and give the same choice on every run. Among the ranked candidates we
- * take the first whose workspace fits what the context reserved, skipping the FFT and non-fused
- * Winograd algorithms, whose transforms round differently from direct summation by more than the
- * fp32 parity tests accept. The math type is CUDNN_FMA_MATH: on Ampere and later the default would
- * let cuDNN use TF32 tensor cores, which is a precision mode of its own, not fp32.
+ * Backward. The gradient rule is += (kernels/ops.h). cuDNN blends its result into the destination
+ * as alpha * result + beta * old, so beta = 1 accumulates in place: dw always, and dx when the
+ * padding is symmetric. With asymmetric padding cuDNN computes the gradient of the zero-extended
+ * input, so backward-data writes it (beta = 0) into the workspace and conv_add_window_kernel adds
+ * its top-left (H, W) window into dx: the appended rows and columns are constants, and their
+ * gradient is dropped. Backward-filter reads the same zero-extended input, rebuilt in the same
+ * workspace region first (filter, then data, so one region serves both in stream order). The bias
+ * gradient is a deterministic column sum (reduce.cuh), not cudnnConvolutionBackwardBias, whose
+ * summation order is not specified.
+ *
+ * Algorithms. A plan per shape holds the cuDNN descriptors and, per direction (forward,
+ * backward-data, backward-filter), the algorithm, in a fixed-capacity cache in the context. The
+ * algorithm comes from cuDNN's heuristics (cudnnGet*Algorithm_v7) rather than from cudnnFind: the
+ * heuristics run on the host, need no scratch output and no synchronization, and give the same
+ * choice on every run. Among the ranked candidates we skip the FFT and non-fused Winograd
+ * algorithms, whose transforms round differently from direct summation by more than the fp32
+ * parity tests accept, and take the first deterministic one whose workspace fits what the
+ * context reserved; only when no deterministic one fits, the first that fits at all (cudnn_ops.h
+ * marks backward-data ALGO_0 and backward-filter ALGO_0 and ALGO_3 non-deterministic: they add with
+ * atomics, so their sums change from run to run).
+ *
+ * Math. ctx->tf32 == 0 (the default) sets CUDNN_FMA_MATH: on Ampere and later cuDNN's default
+ * would let it use TF32 tensor cores, which is a precision mode of its own, not fp32. With
+ * set_tf32(1) the plans use CUDNN_TENSOR_OP_MATH, which lets cuDNN round the operands to TF32;
+ * cuda__conv_math_changed sets the new math type on every cached plan and drops their algorithm
+ * choices, since the ranking and the workspace sizes depend on it.
  *
  * Bias. A small kernel adds it after cuDNN, so the result is (sum) + bias as in the CPU's GEMM onto
- * bias-filled rows. The cuDNN call writes with beta = 0 and never reads the output's old values. */
+ * bias-filled rows. The forward cuDNN call writes with beta = 0 and never reads the output's old
+ * values. */
 #include <string.h>
 
 #include "kernels/cuda/cuda_common.cuh"
+#include "kernels/cuda/reduce.cuh"
 
 /* Distinct convolution shapes in one model at one (batch, size) are a few dozen; training and
  * evaluation together stay well under this. Past it, slots are reused round robin. */
 enum { CONV_PLAN_CAP = 256 };
 
+/* The three cuDNN convolution directions, each with its own algorithm in a plan. */
+typedef enum { CONV_FWD = 0, CONV_BWD_DATA = 1, CONV_BWD_FILTER = 2, CONV_DIRS = 3 } ConvDir;
+
+/* Candidates per heuristic query: the largest of cuDNN's per-direction algorithm counts. */
+enum { CONV_ALGO_MAX = 8 };
+static_assert((int)CUDNN_CONVOLUTION_FWD_ALGO_COUNT <= (int)CONV_ALGO_MAX &&
+                  (int)CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT <= (int)CONV_ALGO_MAX &&
+                  (int)CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT <= (int)CONV_ALGO_MAX,
+              "CONV_ALGO_MAX must hold every heuristic answer");
+
+/* One direction's algorithm (a cudnnConvolution{Fwd,BwdData,BwdFilter}Algo_t value). */
+typedef struct AlgoChoice {
+    int algo;
+    size_t bytes;      /* cuDNN workspace that algo needs */
+    size_t chosen_for; /* ctx->workspace_bytes when algo was chosen */
+    int chosen;
+} AlgoChoice;
+
 struct ConvPlan {
     ConvShape key;
     int eh, ew;                    /* zero rows/cols appended at the bottom/right (conv_extra) */
-    cudnnTensorDescriptor_t x, y;
+    cudnnTensorDescriptor_t x, y;  /* x: the (zero-extended) input, also dx's in backward-data */
     cudnnFilterDescriptor_t w;
     cudnnConvolutionDescriptor_t conv;
-    cudnnConvolutionFwdAlgo_t algo;
-    size_t algo_bytes;             /* cuDNN workspace that algo needs */
-    size_t chosen_for;             /* ctx->workspace_bytes when algo was chosen */
-    int chosen;
+    AlgoChoice choice[CONV_DIRS];
 };
+
+/* One ranked heuristic result, whatever the direction. */
+typedef struct AlgoCand {
+    int algo;
+    cudnnStatus_t status;
+    cudnnDeterminism_t determinism;
+} AlgoCand;
+
+static const char *const conv_dir_names[CONV_DIRS] = {"forward", "backward-data",
+                                                      "backward-filter"};
 
 /* ---- kernels ------------------------------------------------------------------------------------ */
 
@@ -60,6 +105,20 @@ __global__ void conv_pad_kernel(float *dst, const float *src, int n, int h, int 
          i += (size_t)gridDim.x * blockDim.x) {
         const NhwcIndex p = cuda__nhwc(i, ph, pw, c);
         dst[i] = (p.y < h && p.x < w) ? src[((p.n * h + p.y) * w + p.x) * c + p.c] : 0.0f;
+    }
+}
+
+/* dx (N, H, W, C) += the top-left (H, W) window of src (N, H+eh, W+ew, C): the inverse of
+ * conv_pad_kernel for gradients. */
+__global__ void conv_add_window_kernel(float *dx, const float *src, int n, int h, int w, int c,
+                                       int eh, int ew)
+{
+    const int pw = w + ew, ph = h + eh;
+    const size_t total = (size_t)n * h * w * c;
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total;
+         i += (size_t)gridDim.x * blockDim.x) {
+        const NhwcIndex p = cuda__nhwc(i, h, w, c);
+        dx[i] += src[((p.n * ph + p.y) * pw + p.x) * c + p.c];
     }
 }
 
@@ -86,7 +145,8 @@ static void conv_extra(const ConvShape *s, int *eh, int *ew)
     *ew = right > s->pad_left ? right - s->pad_left : 0;
 }
 
-/* Workspace bytes taken by the zero-extended copy of the input; 0 when padding is symmetric. */
+/* Workspace bytes taken by the zero-extended copy of the input (and, in backward, by the gradient
+ * of that copy, which reuses the region); 0 when padding is symmetric. */
 static size_t conv_pad_bytes(const ConvShape *s)
 {
     int eh, ew;
@@ -95,9 +155,14 @@ static size_t conv_pad_bytes(const ConvShape *s)
     return align256((size_t)s->n * (s->h + eh) * (s->w + ew) * s->cin * sizeof(float));
 }
 
+static cudnnMathType_t conv_math(const OpsCtx *ctx)
+{
+    return ctx->tf32 ? CUDNN_TENSOR_OP_MATH : CUDNN_FMA_MATH;
+}
+
 /* Points p's descriptors at shape s. Creating a descriptor allocates host memory, which happens
  * once per slot during warm-up; later plans for a reused slot only set the existing ones. */
-static void plan_set(ConvPlan *p, const ConvShape *s)
+static void plan_set(const OpsCtx *ctx, ConvPlan *p, const ConvShape *s)
 {
     if (!p->x) {
         CUDNN_CHECK(cudnnCreateTensorDescriptor(&p->x));
@@ -106,7 +171,7 @@ static void plan_set(ConvPlan *p, const ConvShape *s)
         CUDNN_CHECK(cudnnCreateConvolutionDescriptor(&p->conv));
     }
     p->key = *s;
-    p->chosen = 0;
+    memset(p->choice, 0, sizeof p->choice);
     conv_extra(s, &p->eh, &p->ew);
     CUDNN_CHECK(cudnnSetTensor4dDescriptor(p->x, CUDNN_TENSOR_NHWC, CUDNN_DATA_FLOAT, s->n, s->cin,
                                            s->h + p->eh, s->w + p->ew));
@@ -115,7 +180,7 @@ static void plan_set(ConvPlan *p, const ConvShape *s)
     CUDNN_CHECK(cudnnSetConvolution2dDescriptor(p->conv, s->pad_top, s->pad_left, s->stride,
                                                 s->stride, 1, 1, CUDNN_CROSS_CORRELATION,
                                                 CUDNN_DATA_FLOAT));
-    CUDNN_CHECK(cudnnSetConvolutionMathType(p->conv, CUDNN_FMA_MATH));
+    CUDNN_CHECK(cudnnSetConvolutionMathType(p->conv, conv_math(ctx)));
     int on, oc, oh, ow;
     CUDNN_CHECK(cudnnGetConvolution2dForwardOutputDim(p->conv, p->x, p->w, &on, &oc, &oh, &ow));
     if (on != s->n || oc != s->cout || oh != s->oh || ow != s->ow) {
@@ -130,64 +195,138 @@ static void plan_set(ConvPlan *p, const ConvShape *s)
                                            s->oh, s->ow));
 }
 
-static int algo_allowed(cudnnConvolutionFwdAlgo_t a)
+/* FFT and non-fused Winograd are excluded in every direction (see the header comment). */
+static int algo_allowed(ConvDir dir, int a)
 {
-    return a != CUDNN_CONVOLUTION_FWD_ALGO_FFT && a != CUDNN_CONVOLUTION_FWD_ALGO_FFT_TILING &&
-           a != CUDNN_CONVOLUTION_FWD_ALGO_WINOGRAD_NONFUSED;
+    switch (dir) {
+    case CONV_FWD:
+        return a != CUDNN_CONVOLUTION_FWD_ALGO_FFT && a != CUDNN_CONVOLUTION_FWD_ALGO_FFT_TILING &&
+               a != CUDNN_CONVOLUTION_FWD_ALGO_WINOGRAD_NONFUSED;
+    case CONV_BWD_DATA:
+        return a != CUDNN_CONVOLUTION_BWD_DATA_ALGO_FFT &&
+               a != CUDNN_CONVOLUTION_BWD_DATA_ALGO_FFT_TILING &&
+               a != CUDNN_CONVOLUTION_BWD_DATA_ALGO_WINOGRAD_NONFUSED;
+    case CONV_BWD_FILTER:
+        return a != CUDNN_CONVOLUTION_BWD_FILTER_ALGO_FFT &&
+               a != CUDNN_CONVOLUTION_BWD_FILTER_ALGO_FFT_TILING &&
+               a != CUDNN_CONVOLUTION_BWD_FILTER_ALGO_WINOGRAD_NONFUSED;
+    default:
+        return 0;
+    }
 }
 
-/* Picks the highest-ranked allowed algorithm whose workspace fits in `avail` bytes. */
-static void plan_choose(OpsCtx *ctx, ConvPlan *p, size_t avail)
+/* cuDNN's ranked heuristic candidates for one direction of p, best first; returns their number. */
+static int plan_candidates(OpsCtx *ctx, const ConvPlan *p, ConvDir dir, AlgoCand *out)
 {
-    cudnnConvolutionFwdAlgoPerf_t perf[CUDNN_CONVOLUTION_FWD_ALGO_COUNT];
     int got = 0;
-    CUDNN_CHECK(cudnnGetConvolutionForwardAlgorithm_v7(ctx->cudnn, p->x, p->w, p->conv, p->y,
-                                                       CUDNN_CONVOLUTION_FWD_ALGO_COUNT, &got,
-                                                       perf));
-    for (int i = 0; i < got; i++) {
-        size_t bytes = 0;
-        if (perf[i].status != CUDNN_STATUS_SUCCESS || !algo_allowed(perf[i].algo)) continue;
-        /* The workspace query is authoritative; the heuristic's estimate is not always. */
-        if (cudnnGetConvolutionForwardWorkspaceSize(ctx->cudnn, p->x, p->w, p->conv, p->y,
-                                                    perf[i].algo, &bytes) != CUDNN_STATUS_SUCCESS ||
-            bytes > avail)
-            continue;
-        p->algo = perf[i].algo;
-        p->algo_bytes = bytes;
-        p->chosen_for = ctx->workspace_bytes;
-        p->chosen = 1;
-        return;
+    if (dir == CONV_FWD) {
+        cudnnConvolutionFwdAlgoPerf_t perf[CUDNN_CONVOLUTION_FWD_ALGO_COUNT];
+        CUDNN_CHECK(cudnnGetConvolutionForwardAlgorithm_v7(ctx->cudnn, p->x, p->w, p->conv, p->y,
+                                                           CUDNN_CONVOLUTION_FWD_ALGO_COUNT, &got,
+                                                           perf));
+        for (int i = 0; i < got; i++)
+            out[i] = AlgoCand{(int)perf[i].algo, perf[i].status, perf[i].determinism};
+    } else if (dir == CONV_BWD_DATA) {
+        cudnnConvolutionBwdDataAlgoPerf_t perf[CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT];
+        CUDNN_CHECK(cudnnGetConvolutionBackwardDataAlgorithm_v7(
+            ctx->cudnn, p->w, p->y, p->conv, p->x, CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT, &got,
+            perf));
+        for (int i = 0; i < got; i++)
+            out[i] = AlgoCand{(int)perf[i].algo, perf[i].status, perf[i].determinism};
+    } else {
+        cudnnConvolutionBwdFilterAlgoPerf_t perf[CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT];
+        CUDNN_CHECK(cudnnGetConvolutionBackwardFilterAlgorithm_v7(
+            ctx->cudnn, p->x, p->y, p->conv, p->w, CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT, &got,
+            perf));
+        for (int i = 0; i < got; i++)
+            out[i] = AlgoCand{(int)perf[i].algo, perf[i].status, perf[i].determinism};
+    }
+    return got;
+}
+
+/* The workspace algorithm a of direction dir needs for p; not SUCCESS when cuDNN cannot run it. */
+static cudnnStatus_t algo_workspace(OpsCtx *ctx, const ConvPlan *p, ConvDir dir, int a,
+                                    size_t *bytes)
+{
+    *bytes = 0;
+    if (dir == CONV_FWD)
+        return cudnnGetConvolutionForwardWorkspaceSize(ctx->cudnn, p->x, p->w, p->conv, p->y,
+                                                       (cudnnConvolutionFwdAlgo_t)a, bytes);
+    if (dir == CONV_BWD_DATA)
+        return cudnnGetConvolutionBackwardDataWorkspaceSize(
+            ctx->cudnn, p->w, p->y, p->conv, p->x, (cudnnConvolutionBwdDataAlgo_t)a, bytes);
+    return cudnnGetConvolutionBackwardFilterWorkspaceSize(
+        ctx->cudnn, p->x, p->y, p->conv, p->w, (cudnnConvolutionBwdFilterAlgo_t)a, bytes);
+}
+
+/* Picks direction dir's algorithm: the highest-ranked allowed deterministic one whose workspace
+ * fits in `avail` bytes, else the highest-ranked allowed one that fits. */
+static void plan_choose(OpsCtx *ctx, ConvPlan *p, ConvDir dir, size_t avail)
+{
+    AlgoCand cand[CONV_ALGO_MAX];
+    const int got = plan_candidates(ctx, p, dir, cand);
+    for (int pass = 0; pass < 2; pass++) {
+        for (int i = 0; i < got; i++) {
+            size_t bytes = 0;
+            if (cand[i].status != CUDNN_STATUS_SUCCESS || !algo_allowed(dir, cand[i].algo))
+                continue;
+            if (pass == 0 && cand[i].determinism != CUDNN_DETERMINISTIC) continue;
+            /* The workspace query is authoritative; the heuristic's estimate is not always. */
+            if (algo_workspace(ctx, p, dir, cand[i].algo, &bytes) != CUDNN_STATUS_SUCCESS ||
+                bytes > avail)
+                continue;
+            const ConvShape *s = &p->key;
+            /* Atomics make such an algorithm's sums differ run to run, so a resumed run would no
+             * longer equal a straight one: worth a line. EFFDET_CONV_LOG=1 lists every choice. */
+            if (pass == 1 || ctx->conv_log)
+                fprintf(stderr, "effdet: %s: conv2d %s in (%d,%d,%d,%d) k %dx%d stride %d out %d: "
+                        "cuDNN algorithm %d%s, %zu workspace bytes\n",
+                        pass == 1 ? "warning" : "info", conv_dir_names[dir], s->n, s->h, s->w,
+                        s->cin, s->kh, s->kw, s->stride, s->cout, cand[i].algo,
+                        pass == 1 ? " (no deterministic one fits: results may vary run to run)" : "",
+                        bytes);
+            AlgoChoice *c = &p->choice[dir];
+            c->algo = cand[i].algo;
+            c->bytes = bytes;
+            c->chosen_for = ctx->workspace_bytes;
+            c->chosen = 1;
+            return;
+        }
     }
     const ConvShape *s = &p->key;
     fprintf(stderr,
-            "%s:%d: conv2d: cuDNN offers no fp32 algorithm for in (%d,%d,%d,%d) k %dx%d stride %d "
-            "out (%d,%d,%d,%d) within %zu workspace bytes\n",
-            __FILE__, __LINE__, s->n, s->h, s->w, s->cin, s->kh, s->kw, s->stride, s->n, s->oh,
-            s->ow, s->cout, avail);
+            "%s:%d: conv2d: cuDNN offers no fp32 %s algorithm for in (%d,%d,%d,%d) k %dx%d stride "
+            "%d out (%d,%d,%d,%d) within %zu workspace bytes\n",
+            __FILE__, __LINE__, conv_dir_names[dir], s->n, s->h, s->w, s->cin, s->kh, s->kw,
+            s->stride, s->n, s->oh, s->ow, s->cout, avail);
     exit(EXIT_FAILURE);
 }
 
-/* The plan for shape s, from the cache or made now; its algorithm fits the current workspace. */
-static ConvPlan *plan_get(OpsCtx *ctx, const ConvShape *s, size_t pad_bytes)
+/* The plan for shape s, from the cache or made now. */
+static ConvPlan *plan_get(OpsCtx *ctx, const ConvShape *s)
 {
-    ConvPlan *p = NULL;
-    for (int i = 0; i < ctx->conv_plan_count && !p; i++)
-        if (!memcmp(&ctx->conv_plans[i].key, s, sizeof *s)) p = &ctx->conv_plans[i];
-    if (!p) {
-        int slot = ctx->conv_plan_count;
-        if (slot < CONV_PLAN_CAP) {
-            ctx->conv_plan_count++;
-        } else {
-            slot = ctx->conv_plan_next;
-            ctx->conv_plan_next = (slot + 1) % CONV_PLAN_CAP;
-        }
-        p = &ctx->conv_plans[slot];
-        plan_set(p, s);
+    for (int i = 0; i < ctx->conv_plan_count; i++)
+        if (!memcmp(&ctx->conv_plans[i].key, s, sizeof *s)) return &ctx->conv_plans[i];
+    int slot = ctx->conv_plan_count;
+    if (slot < CONV_PLAN_CAP) {
+        ctx->conv_plan_count++;
+    } else {
+        slot = ctx->conv_plan_next;
+        ctx->conv_plan_next = (slot + 1) % CONV_PLAN_CAP;
     }
-    /* A grown workspace may admit a faster algorithm, so the choice is remade when it changes. */
-    if (!p->chosen || p->chosen_for != ctx->workspace_bytes)
-        plan_choose(ctx, p, ctx->workspace_bytes - pad_bytes);
+    ConvPlan *p = &ctx->conv_plans[slot];
+    plan_set(ctx, p, s);
     return p;
+}
+
+/* Direction dir's algorithm for p, fitting the current workspace less pad_bytes. */
+static const AlgoChoice *plan_algo(OpsCtx *ctx, ConvPlan *p, ConvDir dir, size_t pad_bytes)
+{
+    const AlgoChoice *c = &p->choice[dir];
+    /* A grown workspace may admit a faster algorithm, so the choice is remade when it changes. */
+    if (!c->chosen || c->chosen_for != ctx->workspace_bytes)
+        plan_choose(ctx, p, dir, ctx->workspace_bytes - pad_bytes);
+    return c;
 }
 
 /* ---- context ------------------------------------------------------------------------------------ */
@@ -227,17 +366,44 @@ void cuda__conv_ctx_free(OpsCtx *ctx)
     ctx->cudnn = NULL;
 }
 
+/* ctx->tf32 changed: every cached plan takes the new math type, and since cuDNN ranks algorithms
+ * and sizes their workspaces per math type, every direction chooses again on its next call. */
+void cuda__conv_math_changed(OpsCtx *ctx)
+{
+    for (int i = 0; ctx->conv_plans && i < ctx->conv_plan_count; i++) {
+        ConvPlan *p = &ctx->conv_plans[i];
+        CUDNN_CHECK(cudnnSetConvolutionMathType(p->conv, conv_math(ctx)));
+        memset(p->choice, 0, sizeof p->choice);
+    }
+}
+
 /* ---- launchers ---------------------------------------------------------------------------------- */
 
-/* The zero-extended input copy, plus room for cuDNN: the im2col matrix of the whole batch, what the
- * explicit-GEMM algorithm needs and more than the implicit-GEMM ones ask for (for a 1x1 convolution
- * it is the size of the input, which also covers an algorithm that transposes NHWC internally).
- * The model reserves the maximum over its convolutions and every convolution may then use all of
- * it: plan_choose only requires the algorithm to fit what is actually reserved. */
+/* The zero-extended input copy (whose region backward reuses for the extended input's gradient),
+ * plus room for cuDNN's own workspace in any direction: the im2col matrix of the whole batch, what
+ * the explicit-GEMM algorithms need and more than the implicit-GEMM ones ask for, plus a copy of
+ * the output and of the weights, which covers an algorithm that transposes dy or dw out of NHWC
+ * internally in backward (for a 1x1 convolution the im2col matrix is the size of the input, which
+ * covers transposing x). The model reserves the maximum over its convolutions and every
+ * convolution may then use all of it: plan_choose only requires the algorithm to fit what is
+ * actually reserved. */
 size_t cuda__conv2d_workspace_bytes(const ConvShape *s)
 {
     size_t cols = (size_t)s->n * s->oh * s->ow * s->kh * s->kw * s->cin * sizeof(float);
-    return conv_pad_bytes(s) + align256(cols);
+    size_t out = (size_t)s->n * s->oh * s->ow * s->cout * sizeof(float);
+    size_t weights = (size_t)s->cout * s->kh * s->kw * s->cin * sizeof(float);
+    return conv_pad_bytes(s) + align256(cols) + align256(out) + align256(weights);
+}
+
+/* Writes the zero-extended copy of in into ws and returns it. */
+static const float *conv_pad_input(OpsCtx *ctx, float *ws, const float *in, const ConvPlan *p)
+{
+    const ConvShape *s = &p->key;
+    size_t total = (size_t)s->n * (s->h + p->eh) * (s->w + p->ew) * s->cin;
+    conv_pad_kernel<<<cuda__blocks(total), CUDA_BLOCK, 0, ctx->stream>>>(ws, in, s->n, s->h, s->w,
+                                                                         s->cin, p->eh, p->ew);
+    CUDA_CHECK(cudaGetLastError());
+    return ws;
 }
 
 void cuda__conv2d_forward(OpsCtx *ctx, float *out, const float *in, const float *w, const float *b,
@@ -247,27 +413,74 @@ void cuda__conv2d_forward(OpsCtx *ctx, float *out, const float *in, const float 
     if (!s->n || !s->oh || !s->ow || !s->cout) return;
     size_t pad_bytes = conv_pad_bytes(s);
     ASSERT(ctx->workspace_bytes >= pad_bytes);
-    ConvPlan *p = plan_get(ctx, s, pad_bytes);
+    ConvPlan *p = plan_get(ctx, s);
+    const AlgoChoice *fwd = plan_algo(ctx, p, CONV_FWD, pad_bytes);
 
     const float *x = in;
     char *ws = (char *)ctx->workspace;
     if (pad_bytes) {
-        size_t total = (size_t)s->n * (s->h + p->eh) * (s->w + p->ew) * s->cin;
-        conv_pad_kernel<<<cuda__blocks(total), CUDA_BLOCK, 0, ctx->stream>>>(
-            (float *)ws, in, s->n, s->h, s->w, s->cin, p->eh, p->ew);
-        CUDA_CHECK(cudaGetLastError());
-        x = (const float *)ws;
+        x = conv_pad_input(ctx, (float *)ws, in, p);
         ws += pad_bytes;
     }
     const float one = 1.0f, zero = 0.0f;
-    CUDNN_CHECK(cudnnConvolutionForward(ctx->cudnn, &one, p->x, x, p->w, w, p->conv, p->algo,
-                                        p->algo_bytes ? ws : NULL, p->algo_bytes, &zero, p->y,
-                                        out));
+    CUDNN_CHECK(cudnnConvolutionForward(ctx->cudnn, &one, p->x, x, p->w, w, p->conv,
+                                        (cudnnConvolutionFwdAlgo_t)fwd->algo,
+                                        fwd->bytes ? ws : NULL, fwd->bytes, &zero, p->y, out));
     if (b) {
         size_t count = (size_t)s->n * s->oh * s->ow * s->cout;
         conv_bias_kernel<<<cuda__blocks(count), CUDA_BLOCK, 0, ctx->stream>>>(out, b, count,
                                                                               s->cout);
         CUDA_CHECK(cudaGetLastError());
+    }
+    CUDA_OP_END(ctx);
+}
+
+void cuda__conv2d_backward(OpsCtx *ctx, float *dx, float *dw, float *db, const float *dy,
+                           const float *x, const float *w, const ConvShape *s)
+{
+    ASSERT(s->cin > 0 && s->kh > 0 && s->kw > 0 && s->stride > 0);
+    /* An empty output sends no gradient anywhere: every += adds nothing. */
+    if (!s->n || !s->oh || !s->ow || !s->cout) return;
+    const size_t pad_bytes = conv_pad_bytes(s);
+    ASSERT(ctx->workspace_bytes >= pad_bytes);
+    const float one = 1.0f, zero = 0.0f;
+    /* The extended input (filter) and then its gradient (data) share the region at the start of
+     * the workspace; cuDNN's scratch follows it. */
+    float *ext = (float *)ctx->workspace;
+    char *ws = (char *)ctx->workspace + pad_bytes;
+
+    if (db) {
+        const int cout = s->cout;
+        cuda__colsum(ctx, db, 1, (size_t)s->n * s->oh * s->ow, cout,
+                     [=] __device__(size_t r, int ch) { return dy[r * cout + ch]; });
+    }
+    if (dw || dx) {
+        ConvPlan *p = plan_get(ctx, s);
+        if (dw) {
+            const AlgoChoice *bf = plan_algo(ctx, p, CONV_BWD_FILTER, pad_bytes);
+            const float *xin = pad_bytes ? conv_pad_input(ctx, ext, x, p) : x;
+            CUDNN_CHECK(cudnnConvolutionBackwardFilter(
+                ctx->cudnn, &one, p->x, xin, p->y, dy, p->conv,
+                (cudnnConvolutionBwdFilterAlgo_t)bf->algo, bf->bytes ? ws : NULL, bf->bytes, &one,
+                p->w, dw));
+        }
+        if (dx) {
+            const AlgoChoice *bd = plan_algo(ctx, p, CONV_BWD_DATA, pad_bytes);
+            /* Symmetric: accumulate into dx directly (beta = 1). Asymmetric: the extended input's
+             * gradient overwrites the region (beta = 0), then its window is added into dx. */
+            CUDNN_CHECK(cudnnConvolutionBackwardData(
+                ctx->cudnn, &one, p->w, w, p->y, dy, p->conv,
+                (cudnnConvolutionBwdDataAlgo_t)bd->algo, bd->bytes ? ws : NULL, bd->bytes,
+                pad_bytes ? &zero : &one, p->x, pad_bytes ? ext : dx));
+            if (pad_bytes) {
+                size_t total = (size_t)s->n * s->h * s->w * s->cin;
+                if (total) {
+                    conv_add_window_kernel<<<cuda__blocks(total), CUDA_BLOCK, 0, ctx->stream>>>(
+                        dx, ext, s->n, s->h, s->w, s->cin, p->eh, p->ew);
+                    CUDA_CHECK(cudaGetLastError());
+                }
+            }
+        }
     }
     CUDA_OP_END(ctx);
 }

@@ -46,11 +46,15 @@ typedef struct ConvPlan ConvPlan; /* conv_cudnn.cu: cuDNN descriptors + algorith
 struct OpsCtx {
     int device;             /* the GPU this context was created on */
     int sync_check;         /* EFFDET_SYNC_CHECK=1: synchronize after each op */
+    int conv_log;           /* EFFDET_CONV_LOG=1: print each convolution algorithm choice */
     cudaStream_t stream;    /* every kernel, copy and library call of this context runs here */
     cudnnHandle_t cudnn;    /* bound to stream; used only in conv_cudnn.cu */
     cublasHandle_t cublas;  /* bound to stream; for the GEMMs of the backward pass */
     void *workspace;        /* device scratch, reserved once at plan time, never grown in an op */
     size_t workspace_bytes;
+    float *reduce;          /* scratch of the deterministic sums (reduce.cuh), fixed size */
+    size_t reduce_floats;
+    int tf32;               /* set_tf32: convolutions and GEMMs may use TF32 tensor cores */
     ConvPlan *conv_plans;   /* fixed-capacity cache of per-shape convolution plans */
     int conv_plan_count;    /* slots in use */
     int conv_plan_next;     /* next slot to reuse once all are in use (round robin) */
@@ -115,6 +119,27 @@ __device__ __forceinline__ float cuda__act(float x, Act act)
 {
     return act == ACT_SILU ? cuda__silu(x) : act == ACT_SIGMOID ? cuda__sigmoid(x) : x;
 }
+/* BiFPN fusion weights, the CPU's fuse_weights: wr = relu(w) and denom = sum(wr) + 1e-4, or ones
+ * and 1 for sum fusion (w NULL), folded in input order so denom is bitwise the CPU's. The weights
+ * stay on the device (trained parameters); every thread folds them itself. */
+__device__ __forceinline__ float cuda__fuse_weights(float wr[4], const float *w, int k)
+{
+    for (int i = 0; i < 4; i++) wr[i] = 1.0f;
+    if (!w) return 1.0f;
+    float sum = 0.0f;
+    for (int i = 0; i < k; i++) {
+        wr[i] = w[i] > 0.0f ? w[i] : 0.0f;
+        sum += wr[i];
+    }
+    return sum + 1e-4f;
+}
+/* act'(x), the CPU's cpu__act_grad: silu' = s (1 + x (1 - s)), sigmoid' = s (1 - s). */
+__device__ __forceinline__ float cuda__act_grad(float x, Act act)
+{
+    if (act == ACT_NONE) return 1.0f;
+    float s = cuda__sigmoid(x);
+    return act == ACT_SILU ? s * (1.0f + x * (1.0f - s)) : s * (1.0f - s);
+}
 
 /* The backend's functions, with C linkage so C code (benchmarks, tests) may call them directly. */
 extern "C" {
@@ -122,6 +147,7 @@ extern "C" {
 /* conv_cudnn.cu: the cuDNN handle and the plan cache live and die with the context. */
 int cuda__conv_ctx_init(OpsCtx *ctx, Err *err);
 void cuda__conv_ctx_free(OpsCtx *ctx);
+void cuda__conv_math_changed(OpsCtx *ctx); /* ctx->tf32 changed: plans choose again */
 size_t cuda__conv2d_workspace_bytes(const ConvShape *s);
 void cuda__conv2d_forward(OpsCtx *ctx, float *out, const float *in, const float *w, const float *b,
                           const ConvShape *s);
@@ -144,6 +170,66 @@ void cuda__upsample_nearest_forward(OpsCtx *ctx, float *out, const float *in, in
                                     int c, int oh, int ow);
 void cuda__fuse_forward(OpsCtx *ctx, float *out, const float *const *ins, const float *w, int k,
                         size_t count);
+
+/* ---- training ---------------------------------------------------------------------------------- */
+
+/* conv_cudnn.cu */
+void cuda__conv2d_backward(OpsCtx *ctx, float *dx, float *dw, float *db, const float *dy,
+                           const float *x, const float *w, const ConvShape *s);
+/* depthwise.cu */
+void cuda__dwconv2d_backward(OpsCtx *ctx, float *dx, float *dw, const float *dy, const float *x,
+                             const float *w, const ConvShape *s);
+/* norm.cu */
+void cuda__bn_train_forward(OpsCtx *ctx, float *out, float *save_mean, float *save_invstd,
+                            float *running_mean, float *running_var, const float *in,
+                            const float *gamma, const float *beta, float eps, float momentum,
+                            Act act, size_t rows, int c);
+void cuda__bn_train_backward(OpsCtx *ctx, float *dx, float *dgamma, float *dbeta, const float *dy,
+                             const float *in, const float *gamma, const float *beta,
+                             const float *save_mean, const float *save_invstd, Act act,
+                             size_t rows, int c);
+void cuda__bn_infer_backward(OpsCtx *ctx, float *dx, float *dgamma, float *dbeta, const float *dy,
+                             const float *in, const float *gamma, const float *beta,
+                             const float *mean, const float *var, float eps, Act act, size_t rows,
+                             int c);
+/* elementwise_backward.cu */
+void cuda__act_backward(OpsCtx *ctx, float *dx, const float *dy, const float *x, Act act,
+                        size_t count);
+void cuda__se_backward(OpsCtx *ctx, float *dx, float *dw_r, float *db_r, float *dw_e, float *db_e,
+                       const float *dy, const float *x, const float *pooled, const float *hidden,
+                       const float *gate, const float *w_r, const float *b_r, const float *w_e,
+                       int n, int hw, int c, int cr);
+void cuda__accumulate(OpsCtx *ctx, float *dst, const float *src, size_t count);
+void cuda__maxpool_backward(OpsCtx *ctx, float *dx, const float *dy, const float *x,
+                            const PoolShape *s);
+void cuda__upsample_nearest_backward(OpsCtx *ctx, float *dx, const float *dy, int n, int h, int w,
+                                     int c, int oh, int ow);
+void cuda__fuse_backward(OpsCtx *ctx, float *const *dins, float *dw, const float *dy,
+                         const float *const *ins, const float *w, int k, size_t count);
+/* loss.cu */
+void cuda__detection_loss(OpsCtx *ctx, float *loss, float *dcls, float *dbox, const float *cls,
+                          const float *box, const int32_t *cls_target, const float *box_target,
+                          size_t rows, int anchors, int classes, float norm, float alpha,
+                          float gamma, float delta, float box_weight, float label_smoothing);
+/* optim.cu */
+void cuda__sum_squares(OpsCtx *ctx, float *out, const float *x, size_t count);
+void cuda__sgd_update(OpsCtx *ctx, float *params, float *momentum_buf, const float *grads,
+                      const uint8_t *decay_mask, float lr, float momentum, float weight_decay,
+                      float grad_scale, size_t count);
+void cuda__ema_update(OpsCtx *ctx, float *ema, const float *x, float decay, size_t count);
+
+/* ---- detection ---------------------------------------------------------------------------------- */
+
+/* labeler.cu */
+void cuda__label_anchors(OpsCtx *ctx, int32_t *cls_target, float *box_target, int32_t *positives,
+                         const float *anchors, int count, const int *level_start, int num_levels,
+                         const float *gt, const int32_t *gt_class, int batch, int max_boxes);
+/* detect.cu */
+size_t cuda__detect_workspace_bytes(int batch, int count, int classes, int k, int max_det);
+void cuda__detect(OpsCtx *ctx, float *dets, int32_t *n_dets, const float *const *cls,
+                  const float *const *box, const float *anchors, int count, const int *level_start,
+                  int num_levels, int batch, int anchors_per_loc, int classes, int k,
+                  float iou_thresh, int max_det);
 
 } /* extern "C" */
 

@@ -55,15 +55,8 @@ __global__ void add_forward_kernel(float *out, const float *a, const float *b, s
  * (x_i * relu(w_i)) / denom, summed in input order, as effdet computes it. */
 __global__ void fuse_forward_kernel(float *out, FuseInputs ins, const float *w, int k, size_t count)
 {
-    float wr[4] = {1.0f, 1.0f, 1.0f, 1.0f}, denom = 1.0f;
-    if (w) {
-        float sum = 0.0f;
-        for (int i = 0; i < k; i++) {
-            wr[i] = w[i] > 0.0f ? w[i] : 0.0f;
-            sum += wr[i];
-        }
-        denom = sum + 1e-4f;
-    }
+    float wr[4];
+    const float denom = cuda__fuse_weights(wr, w, k);
     for (size_t j = blockIdx.x * (size_t)blockDim.x + threadIdx.x; j < count;
          j += (size_t)gridDim.x * blockDim.x) {
         float acc = 0.0f;

@@ -45,6 +45,7 @@ static void cuda_ctx_destroy(OpsCtx *ctx)
     cuda__conv_ctx_free(ctx);
     if (ctx->cublas) CUBLAS_CHECK(cublasDestroy(ctx->cublas));
     if (ctx->workspace) CUDA_CHECK(cudaFree(ctx->workspace));
+    if (ctx->reduce) CUDA_CHECK(cudaFree(ctx->reduce));
     if (ctx->stream) CUDA_CHECK(cudaStreamDestroy(ctx->stream));
     free(ctx);
 }
@@ -57,6 +58,8 @@ static OpsCtx *cuda_ctx_create(int device, Err *err)
     ctx->device = device;
     const char *sync = getenv("EFFDET_SYNC_CHECK");
     ctx->sync_check = sync && !strcmp(sync, "1");
+    const char *conv_log = getenv("EFFDET_CONV_LOG");
+    ctx->conv_log = conv_log && !strcmp(conv_log, "1");
 
     cudaError_t rc = cudaSetDevice(device);
     if (rc != cudaSuccess) {
@@ -76,6 +79,14 @@ static OpsCtx *cuda_ctx_create(int device, Err *err)
         goto fail;
     }
     CUBLAS_CHECK(cublasSetStream(ctx->cublas, ctx->stream));
+    /* Partials of the deterministic sums (reduce.cuh): 512 groups of 8192 channels at most. */
+    ctx->reduce_floats = (size_t)4 << 20;
+    rc = cudaMalloc((void **)&ctx->reduce, ctx->reduce_floats * sizeof(float));
+    if (rc != cudaSuccess) {
+        ctx->reduce = NULL;
+        cuda_fail(err, rc, "allocating the reduction scratch");
+        goto fail;
+    }
     if (cuda__conv_ctx_init(ctx, err) < 0) goto fail;
     return ctx;
 fail:
@@ -142,6 +153,15 @@ static int cuda_workspace_reserve(OpsCtx *ctx, size_t bytes, Err *err)
     return 0;
 }
 
+/* The convolution plans read ctx->tf32 when they pick their math type; changing it drops their
+ * algorithm choice so the next call picks again under the new math. */
+static void cuda_set_tf32(OpsCtx *ctx, int on)
+{
+    ctx->tf32 = on != 0;
+    cuda__conv_math_changed(ctx);
+    CUBLAS_CHECK(cublasSetMathMode(ctx->cublas, on ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH));
+}
+
 static const Ops cuda_ops = {
     .name = "cuda",
     .host_memory = 0,
@@ -164,6 +184,25 @@ static const Ops cuda_ops = {
     .maxpool_forward = cuda__maxpool_forward,
     .upsample_nearest_forward = cuda__upsample_nearest_forward,
     .fuse_forward = cuda__fuse_forward,
+    .bn_train_forward = cuda__bn_train_forward,
+    .bn_train_backward = cuda__bn_train_backward,
+    .bn_infer_backward = cuda__bn_infer_backward,
+    .act_backward = cuda__act_backward,
+    .conv2d_backward = cuda__conv2d_backward,
+    .dwconv2d_backward = cuda__dwconv2d_backward,
+    .se_backward = cuda__se_backward,
+    .accumulate = cuda__accumulate,
+    .maxpool_backward = cuda__maxpool_backward,
+    .upsample_nearest_backward = cuda__upsample_nearest_backward,
+    .fuse_backward = cuda__fuse_backward,
+    .detection_loss = cuda__detection_loss,
+    .sum_squares = cuda__sum_squares,
+    .sgd_update = cuda__sgd_update,
+    .ema_update = cuda__ema_update,
+    .set_tf32 = cuda_set_tf32,
+    .label_anchors = cuda__label_anchors,
+    .detect_workspace_bytes = cuda__detect_workspace_bytes,
+    .detect = cuda__detect,
 };
 
 /* The entry point of libeffdet_cuda.so, found with dlsym by kernels/ops_cuda_loader.c. */

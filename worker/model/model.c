@@ -74,6 +74,14 @@ static int host_blocks(const Model *m, float **params, float **buffers, Err *err
     return 0;
 }
 
+int model_set_tf32(Model *m, int on, Err *err)
+{
+    if (!m->ops->set_tf32)
+        return on ? err_set(err, "--tf32: the %s backend has no TF32 mode (it computes in fp32)", m->ops->name) : 0;
+    m->ops->set_tf32(m->ctx, on);
+    return 0;
+}
+
 void model_set_weights(Model *m, const float *params, const float *buffers)
 {
     upload_blocks(m, params, buffers);

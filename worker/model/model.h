@@ -142,6 +142,9 @@ int model_create(Model *m, const ModelConfig *cfg, const Ops *ops, int device, E
 /* Builds the layers and the parameter table only, with no backend and no memory (effdet info). */
 void model_describe(Model *m, const ModelConfig *cfg);
 void model_free(Model *m); /* idempotent */
+/* --tf32: lets the backend's convolutions and GEMMs use TF32 (about 1e-3 relative instead of
+ * fp32's 1e-6). Fails, naming the backend, where it has no such mode (the CPU). */
+int model_set_tf32(Model *m, int on, Err *err);
 int model_load_weights(Model *m, const char *path, Err *err);
 int model_init_random(Model *m, unsigned long long seed, Err *err);
 /* Uploads host blocks in our layouts (e.g. a trainer's EMA weights for evaluation). */

@@ -1,0 +1,249 @@
+/* norm.cu: the CUDA backend's train-mode batch norm, forward and backward, and the backward of
+ * inference batch norm, fp32 NHWC rows of C channels with the activation included. Each follows
+ * its CPU reference (kernels/cpu/norm.c) expression for expression: the pre-activation is always
+ * x * scale + shift with scale = gamma * invstd and shift = beta - mean * scale (PyTorch's folded
+ * form), so a backward recomputes exactly what the forward activated.
+ *
+ * Sums over rows (batch statistics, dgamma, dbeta and the two sums of dx) go through reduce.cuh's
+ * deterministic column sums: same bits on every run, no atomics. Those sum in float where the CPU
+ * sums in double, so the statistics take two passes (the mean, then squared deviations from it)
+ * rather than E[x^2] - mean^2, and the mean pass sums each value's difference from its channel's
+ * first value, so a mean far larger than the spread does not cost the mean its precision.
+ *
+ * Scratch: train backward needs its two per-channel sums (2C floats) between the reductions and the
+ * dx kernel, and no output can hold them (dgamma and dbeta accumulate). They live at the end of
+ * ctx->reduce, past the partials the column sums write there (groups * C floats from the start);
+ * bn_sum_scratch checks that the two do not overlap. */
+#include "kernels/cuda/reduce.cuh"
+
+enum { TILE_C = 32, TILE_R = 8 };
+
+/* What every pass needs to rebuild a channel's coefficients. Train mode passes the saved invstd;
+ * inference passes var and eps (invstd == NULL) and folds 1 / sqrtf(var + eps) as
+ * bn_infer_forward does, so both backends and both passes use the same rounded values. */
+typedef struct BnParams {
+    const float *gamma, *beta, *mean;
+    const float *invstd; /* (C) or NULL */
+    const float *var;    /* (C), read only when invstd == NULL */
+    float eps;
+    Act act;
+} BnParams;
+
+typedef struct BnCoef {
+    float mean, invstd, scale, shift;
+} BnCoef;
+
+/* ---- device helpers ------------------------------------------------------------------------------ */
+
+static __device__ __forceinline__ BnCoef bn_coef(const BnParams &p, int ch)
+{
+    BnCoef k;
+    k.mean = p.mean[ch];
+    k.invstd = p.invstd ? p.invstd[ch] : 1.0f / sqrtf(p.var[ch] + p.eps);
+    k.scale = p.gamma[ch] * k.invstd;
+    k.shift = p.beta[ch] - k.mean * k.scale;
+    return k;
+}
+
+/* dz = dy * act'(pre): the gradient at the pre-activation (dy itself without an activation). */
+static __device__ __forceinline__ float bn_dz(const BnCoef &k, float x, float dy, Act act)
+{
+    return act == ACT_NONE ? dy : dy * cuda__act_grad(x * k.scale + k.shift, act);
+}
+
+/* The terms of the two backward sums at row r, channel ch: dz (dbeta) and dz * xhat (dgamma). */
+static __device__ __forceinline__ float bn_dz_at(const BnParams &p, const float *x, const float *dy,
+                                                 size_t r, int c, int ch)
+{
+    const size_t i = r * c + ch;
+    return bn_dz(bn_coef(p, ch), x[i], dy[i], p.act);
+}
+
+static __device__ __forceinline__ float bn_dzxhat_at(const BnParams &p, const float *x,
+                                                     const float *dy, size_t r, int c, int ch)
+{
+    const size_t i = r * c + ch;
+    const BnCoef k = bn_coef(p, ch);
+    const float xhat = (x[i] - k.mean) * k.invstd;
+    return bn_dz(k, x[i], dy[i], p.act) * xhat;
+}
+
+/* ---- kernels ------------------------------------------------------------------------------------ */
+
+/* mean (C): in, the sums of x - x[row 0]; out, the batch mean x[row 0] + sum / rows, formed in
+ * double as the CPU forms its mean and rounded once. */
+__global__ void bn_mean_kernel(float *mean, const float *in, size_t rows, int c)
+{
+    for (size_t ch = blockIdx.x * (size_t)blockDim.x + threadIdx.x; ch < (size_t)c;
+         ch += (size_t)gridDim.x * blockDim.x)
+        mean[ch] = (float)((double)in[ch] + (double)mean[ch] / (double)rows);
+}
+
+/* invstd (C): in, the sums of squared deviations; out, 1 / sqrt(var + eps) of the biased variance,
+ * in double as the CPU. The running statistics follow PyTorch's update in the CPU's order, with
+ * the unbiased variance. */
+__global__ void bn_stats_kernel(float *invstd, const float *mean, float *running_mean,
+                                float *running_var, float eps, float momentum, size_t rows, int c)
+{
+    for (size_t ch = blockIdx.x * (size_t)blockDim.x + threadIdx.x; ch < (size_t)c;
+         ch += (size_t)gridDim.x * blockDim.x) {
+        const double sqdev = invstd[ch];
+        invstd[ch] = (float)(1.0 / sqrt(sqdev / (double)rows + eps));
+        if (running_mean)
+            running_mean[ch] = momentum * mean[ch] + (1.0f - momentum) * running_mean[ch];
+        if (running_var) {
+            const float unbiased = (float)(sqdev / (double)(rows - 1));
+            running_var[ch] = momentum * unbiased + (1.0f - momentum) * running_var[ch];
+        }
+    }
+}
+
+/* out = act(in * scale + shift). Block (TILE_C, TILE_R): threadIdx.x picks the channel, whose
+ * coefficients are folded once per thread; the y dimension strides over rows. */
+__global__ void bn_apply_kernel(float *out, const float *in, BnParams p, size_t rows, int c)
+{
+    const int ch = blockIdx.x * TILE_C + threadIdx.x;
+    if (ch >= c) return;
+    const BnCoef k = bn_coef(p, ch);
+    for (size_t r = blockIdx.y * (size_t)TILE_R + threadIdx.y; r < rows;
+         r += (size_t)gridDim.y * TILE_R) {
+        const size_t i = r * c + ch;
+        out[i] = cuda__act(in[i] * k.scale + k.shift, p.act);
+    }
+}
+
+/* dbeta += sum dz, dgamma += sum dz * xhat (sums: the C sums of dz, then the C sums of dz * xhat);
+ * either output may be NULL. */
+__global__ void bn_param_grad_kernel(float *dgamma, float *dbeta, const float *sums, int c)
+{
+    for (size_t ch = blockIdx.x * (size_t)blockDim.x + threadIdx.x; ch < (size_t)c;
+         ch += (size_t)gridDim.x * blockDim.x) {
+        if (dbeta) dbeta[ch] += sums[ch];
+        if (dgamma) dgamma[ch] += sums[c + ch];
+    }
+}
+
+/* dx += g * (dz - ka - xhat * kb) with g = gamma * invstd (= scale): the CPU's bn_tile_dx. Train
+ * mode passes its sums (ka = mean of dz, kb = mean of dz * xhat, the gradient through the batch
+ * statistics); inference passes sums == NULL, so ka = kb = 0 and dx += dz * scale. Same layout
+ * as bn_apply_kernel. */
+__global__ void bn_backward_dx_kernel(float *dx, const float *dy, const float *in, BnParams p,
+                                      const float *sums, size_t rows, int c)
+{
+    const int ch = blockIdx.x * TILE_C + threadIdx.x;
+    if (ch >= c) return;
+    const BnCoef k = bn_coef(p, ch);
+    float ka = 0.0f, kb = 0.0f;
+    if (sums) {
+        ka = (float)((double)sums[ch] / (double)rows);
+        kb = (float)((double)sums[c + ch] / (double)rows);
+    }
+    for (size_t r = blockIdx.y * (size_t)TILE_R + threadIdx.y; r < rows;
+         r += (size_t)gridDim.y * TILE_R) {
+        const size_t i = r * c + ch;
+        const float x = in[i];
+        const float dz = bn_dz(k, x, dy[i], p.act);
+        const float xhat = (x - k.mean) * k.invstd;
+        dx[i] += k.scale * (dz - ka - xhat * kb);
+    }
+}
+
+/* ---- launchers ---------------------------------------------------------------------------------- */
+
+static dim3 bn_grid(size_t rows, int c)
+{
+    return dim3((c + TILE_C - 1) / TILE_C, cuda__cap_blocks((rows + TILE_R - 1) / TILE_R));
+}
+
+/* 2C floats at the end of ctx->reduce for train backward's sums, past the partials that a column
+ * sum of this shape writes from the start (see the file comment). */
+static float *bn_sum_scratch(OpsCtx *ctx, size_t rows, int c)
+{
+    const size_t parts = (size_t)cuda__colsum_groups(ctx, rows, c) * (size_t)c;
+    ASSERT(parts + 2 * (size_t)c <= ctx->reduce_floats);
+    return ctx->reduce + ctx->reduce_floats - 2 * (size_t)c;
+}
+
+void cuda__bn_train_forward(OpsCtx *ctx, float *out, float *save_mean, float *save_invstd,
+                            float *running_mean, float *running_var, const float *in,
+                            const float *gamma, const float *beta, float eps, float momentum,
+                            Act act, size_t rows, int c)
+{
+    ASSERT(rows >= 2); /* as the CPU: PyTorch refuses one value per channel in training too */
+    if (c <= 0) return;
+    const float *x = in;
+    /* Pass 1: the mean, from deviations from row 0 (see the file comment). */
+    cuda__colsum(ctx, save_mean, 0, rows, c,
+                 [=] __device__(size_t r, int ch) { return x[r * c + ch] - x[ch]; });
+    bn_mean_kernel<<<cuda__blocks((size_t)c), CUDA_BLOCK, 0, ctx->stream>>>(save_mean, in, rows, c);
+    CUDA_CHECK(cudaGetLastError());
+    /* Pass 2: squared deviations from that mean, summed into save_invstd until bn_stats_kernel
+     * turns them into invstd. */
+    const float *mean = save_mean;
+    cuda__colsum(ctx, save_invstd, 0, rows, c, [=] __device__(size_t r, int ch) {
+        const float d = x[r * c + ch] - mean[ch];
+        return d * d;
+    });
+    bn_stats_kernel<<<cuda__blocks((size_t)c), CUDA_BLOCK, 0, ctx->stream>>>(
+        save_invstd, save_mean, running_mean, running_var, eps, momentum, rows, c);
+    CUDA_CHECK(cudaGetLastError());
+    const BnParams p = {gamma, beta, save_mean, save_invstd, NULL, eps, act};
+    bn_apply_kernel<<<bn_grid(rows, c), dim3(TILE_C, TILE_R), 0, ctx->stream>>>(out, in, p, rows,
+                                                                               c);
+    CUDA_CHECK(cudaGetLastError());
+    CUDA_OP_END(ctx);
+}
+
+void cuda__bn_train_backward(OpsCtx *ctx, float *dx, float *dgamma, float *dbeta, const float *dy,
+                             const float *in, const float *gamma, const float *beta,
+                             const float *save_mean, const float *save_invstd, Act act,
+                             size_t rows, int c)
+{
+    if (!rows || c <= 0 || (!dx && !dgamma && !dbeta)) return;
+    const BnParams p = {gamma, beta, save_mean, save_invstd, NULL, 0.0f, act};
+    const float *x = in;
+    /* Through the batch statistics: dx = gamma * invstd * (dz - mean(dz) - xhat * mean(dz xhat)).
+     * The two sums are taken first (they are dbeta's and dgamma's too), then one elementwise
+     * pass, so nothing cancels beyond what the CPU's formula cancels. */
+    float *sums = bn_sum_scratch(ctx, rows, c);
+    cuda__colsum(ctx, sums, 0, rows, c,
+                 [=] __device__(size_t r, int ch) { return bn_dz_at(p, x, dy, r, c, ch); });
+    cuda__colsum(ctx, sums + c, 0, rows, c,
+                 [=] __device__(size_t r, int ch) { return bn_dzxhat_at(p, x, dy, r, c, ch); });
+    if (dgamma || dbeta) {
+        bn_param_grad_kernel<<<cuda__blocks((size_t)c), CUDA_BLOCK, 0, ctx->stream>>>(dgamma, dbeta,
+                                                                                      sums, c);
+        CUDA_CHECK(cudaGetLastError());
+    }
+    if (dx) {
+        bn_backward_dx_kernel<<<bn_grid(rows, c), dim3(TILE_C, TILE_R), 0, ctx->stream>>>(
+            dx, dy, in, p, sums, rows, c);
+        CUDA_CHECK(cudaGetLastError());
+    }
+    CUDA_OP_END(ctx);
+}
+
+void cuda__bn_infer_backward(OpsCtx *ctx, float *dx, float *dgamma, float *dbeta, const float *dy,
+                             const float *in, const float *gamma, const float *beta,
+                             const float *mean, const float *var, float eps, Act act, size_t rows,
+                             int c)
+{
+    if (!rows || c <= 0) return;
+    const BnParams p = {gamma, beta, mean, NULL, var, eps, act};
+    const float *x = in;
+    /* Frozen statistics are constants: the parameter sums add straight into their outputs, and
+     * dx = dz * scale needs no sum. */
+    if (dbeta)
+        cuda__colsum(ctx, dbeta, 1, rows, c,
+                     [=] __device__(size_t r, int ch) { return bn_dz_at(p, x, dy, r, c, ch); });
+    if (dgamma)
+        cuda__colsum(ctx, dgamma, 1, rows, c, [=] __device__(size_t r, int ch) {
+            return bn_dzxhat_at(p, x, dy, r, c, ch);
+        });
+    if (dx) {
+        bn_backward_dx_kernel<<<bn_grid(rows, c), dim3(TILE_C, TILE_R), 0, ctx->stream>>>(
+            dx, dy, in, p, NULL, rows, c);
+        CUDA_CHECK(cudaGetLastError());
+    }
+    CUDA_OP_END(ctx);
+}
