@@ -37,6 +37,7 @@
 #include <string.h>
 
 #include "kernels/ops.h"
+#include "tests/support/gpu_compare.h"
 #include "worker/anchors.h"
 #include "worker/labeler.h"
 #include "worker/model/config.h"
@@ -45,39 +46,14 @@
 static const char *const MODEL = "efficientdet_d0";
 static const double SCORE_ATOL = 1e-6, BOX_RTOL = 1e-4, BOX_ATOL = 1e-3;
 
-typedef struct Gpu {
-    const Ops *ops;
-    OpsCtx *ctx;
-} Gpu;
+static int rng_int(uint32_t *s, int n) { return (int)((xorshift_next(s) >> 8) % (uint32_t)n); }
 
-/* xorshift32: a fixed sequence per case, so a failure reproduces. */
-static uint32_t rng_next(uint32_t *s)
-{
-    *s ^= *s << 13;
-    *s ^= *s >> 17;
-    *s ^= *s << 5;
-    return *s;
-}
+static void *dev_alloc(const Backends *g, size_t bytes) { return xalloc(g->gpu, g->gctx, bytes); }
 
-static float rng_uniform(uint32_t *s, float lo, float hi)
-{
-    return lo + (hi - lo) * (float)(rng_next(s) >> 8) / (float)(1u << 24);
-}
-
-static int rng_int(uint32_t *s, int n) { return (int)((rng_next(s) >> 8) % (uint32_t)n); }
-
-static void *dev_alloc(const Gpu *g, size_t bytes)
-{
-    Err err = {{0}};
-    void *p = g->ops->mem_alloc(g->ctx, bytes, &err);
-    if (!p) fail_msg("%s mem_alloc(%zu): %s", g->ops->name, bytes, err.msg);
-    return p;
-}
-
-static void *dev_upload(const Gpu *g, const void *host, size_t bytes)
+static void *dev_upload(const Backends *g, const void *host, size_t bytes)
 {
     void *p = dev_alloc(g, bytes);
-    g->ops->mem_upload(g->ctx, p, host, bytes);
+    g->gpu->mem_upload(g->gctx, p, host, bytes);
     return p;
 }
 
@@ -107,10 +83,10 @@ enum { MODE_EVERY_KIND, MODE_ALL_PADDING, MODE_RANDOM, MODE_TIES };
 
 static void random_box(uint32_t *s, int h, int w, float *b)
 {
-    b[0] = rng_uniform(s, -0.1f * h, (float)h);
-    b[1] = rng_uniform(s, -0.1f * w, (float)w);
-    b[2] = b[0] + rng_uniform(s, 1.0f, 0.6f * h);
-    b[3] = b[1] + rng_uniform(s, 1.0f, 0.6f * w);
+    b[0] = xorshift_uniform(s, -0.1f * h, (float)h);
+    b[1] = xorshift_uniform(s, -0.1f * w, (float)w);
+    b[2] = b[0] + xorshift_uniform(s, 1.0f, 0.6f * h);
+    b[3] = b[1] + xorshift_uniform(s, 1.0f, 0.6f * w);
 }
 
 static void make_gt_rows(uint32_t *s, const Anchors *anc, int h, int w, int num_classes, int mode,
@@ -119,7 +95,7 @@ static void make_gt_rows(uint32_t *s, const Anchors *anc, int h, int w, int num_
     static const int tie_kinds[] = {GT_DUPLICATE, GT_TINY, GT_OUTSIDE, GT_ZERO};
     /* The point the GT_TINY rows of this image share, so that several GTs force-match the same
      * anchor and the lowest must win. */
-    const float py = rng_uniform(s, 0.0f, (float)h), px = rng_uniform(s, 0.0f, (float)w);
+    const float py = xorshift_uniform(s, 0.0f, (float)h), px = xorshift_uniform(s, 0.0f, (float)w);
     for (int i = 0; i < n; i++) {
         float *b = boxes + 4 * i;
         int kind = mode == MODE_ALL_PADDING                ? GT_PAD
@@ -139,14 +115,14 @@ static void make_gt_rows(uint32_t *s, const Anchors *anc, int h, int w, int num_
             memcpy(b, boxes + 4 * (i - 1), 4 * sizeof(float));
             break;
         case GT_OUTSIDE: /* overlaps no anchor: force-matches anchor 0 */
-            b[0] = 10.0f * h + rng_uniform(s, 0.0f, 50.0f);
-            b[1] = 10.0f * w + rng_uniform(s, 0.0f, 50.0f);
+            b[0] = 10.0f * h + xorshift_uniform(s, 0.0f, 50.0f);
+            b[1] = 10.0f * w + xorshift_uniform(s, 0.0f, 50.0f);
             b[2] = b[0] + 10.0f, b[3] = b[1] + 10.0f;
             break;
         case GT_ZERO:
-            b[0] = b[2] = rng_uniform(s, 0.0f, (float)h);
-            b[1] = rng_uniform(s, 0.0f, (float)w);
-            b[3] = b[1] + rng_uniform(s, 1.0f, 20.0f);
+            b[0] = b[2] = xorshift_uniform(s, 0.0f, (float)h);
+            b[1] = xorshift_uniform(s, 0.0f, (float)w);
+            b[3] = b[1] + xorshift_uniform(s, 1.0f, 20.0f);
             break;
         case GT_CROWD:
             random_box(s, h, w, b);
@@ -157,7 +133,7 @@ static void make_gt_rows(uint32_t *s, const Anchors *anc, int h, int w, int num_
             b[0] = b[1] = b[2] = b[3] = NAN;
             break;
         case GT_TINY: {
-            const float d = rng_uniform(s, 0.5f, 3.0f);
+            const float d = xorshift_uniform(s, 0.5f, 3.0f);
             b[0] = py - d, b[1] = px - d, b[2] = py + d, b[3] = px + d;
             break;
         }
@@ -181,7 +157,7 @@ static int box_close(const float *cpu, const float *gpu)
 
 /* One batch labeled by labeler.c and by the op: classes and positives identical, box targets
  * within the last bits (box_close). */
-static void label_case(const Gpu *g, int h, int w, int max_boxes, uint32_t seed)
+static void label_case(const Backends *g, int h, int w, int max_boxes, uint32_t seed)
 {
     static const int modes[] = {MODE_EVERY_KIND, MODE_ALL_PADDING, MODE_RANDOM, MODE_TIES,
                                 MODE_RANDOM};
@@ -225,11 +201,11 @@ static void label_case(const Gpu *g, int h, int w, int max_boxes, uint32_t seed)
     int32_t *cls_d = dev_upload(g, cls_gpu, rows * sizeof(int32_t));
     float *box_d = dev_upload(g, box_gpu, rows * 4 * sizeof(float));
     int32_t *pos_d = dev_alloc(g, (size_t)batch * sizeof(int32_t));
-    g->ops->label_anchors(g->ctx, cls_d, box_d, pos_d, anchors_d, count, anc.level_start,
+    g->gpu->label_anchors(g->gctx, cls_d, box_d, pos_d, anchors_d, count, anc.level_start,
                           cfg.num_levels, gt_d, gtc_d, batch, max_boxes);
-    g->ops->mem_download(g->ctx, cls_gpu, cls_d, rows * sizeof(int32_t));
-    g->ops->mem_download(g->ctx, box_gpu, box_d, rows * 4 * sizeof(float));
-    g->ops->mem_download(g->ctx, pos_gpu, pos_d, (size_t)batch * sizeof(int32_t));
+    g->gpu->mem_download(g->gctx, cls_gpu, cls_d, rows * sizeof(int32_t));
+    g->gpu->mem_download(g->gctx, box_gpu, box_d, rows * 4 * sizeof(float));
+    g->gpu->mem_download(g->gctx, pos_gpu, pos_d, (size_t)batch * sizeof(int32_t));
 
     size_t bad = 0, first_bad = 0;
     for (size_t r = 0; r < rows; r++)
@@ -251,9 +227,9 @@ static void label_case(const Gpu *g, int h, int w, int max_boxes, uint32_t seed)
             fail_msg("label_anchors %dx%d image %d: %d positives, cpu %d", h, w, b, pos_gpu[b],
                      pos_cpu[b]);
 
-    g->ops->mem_free(g->ctx, anchors_d), g->ops->mem_free(g->ctx, gt_d);
-    g->ops->mem_free(g->ctx, gtc_d), g->ops->mem_free(g->ctx, cls_d);
-    g->ops->mem_free(g->ctx, box_d), g->ops->mem_free(g->ctx, pos_d);
+    g->gpu->mem_free(g->gctx, anchors_d), g->gpu->mem_free(g->gctx, gt_d);
+    g->gpu->mem_free(g->gctx, gtc_d), g->gpu->mem_free(g->gctx, cls_d);
+    g->gpu->mem_free(g->gctx, box_d), g->gpu->mem_free(g->gctx, pos_d);
     labeler_free(&lb);
     anchors_free(&anc);
     free(boxes), free(classes), free(gpu_classes), free(crowd);
@@ -262,8 +238,8 @@ static void label_case(const Gpu *g, int h, int w, int max_boxes, uint32_t seed)
 
 static void test_label_anchors(void **state)
 {
-    const Gpu *g = *state;
-    if (!g->ops->label_anchors) fail_msg("the %s backend has no label_anchors", g->ops->name);
+    const Backends *g = *state;
+    if (!g->gpu->label_anchors) fail_msg("the %s backend has no label_anchors", g->gpu->name);
     label_case(g, 128, 128, 24, 0x1234567u);
     label_case(g, 96, 160, 24, 0x2468aceu);
     label_case(g, 192, 256, 40, 0x13579bdu); /* several of labeler.c's 1024-anchor tiles */
@@ -285,16 +261,16 @@ static float draw_logit(uint32_t *s, int dist, float p_cont)
     case DIST_LEVELS:
         return levels[rng_int(s, 4)];
     case DIST_BOUNDARY:
-        if (rng_uniform(s, 0.0f, 1.0f) < p_cont) return rng_uniform(s, 0.5f, 4.0f);
+        if (xorshift_uniform(s, 0.0f, 1.0f) < p_cont) return xorshift_uniform(s, 0.5f, 4.0f);
         return low[rng_int(s, 3)];
     case DIST_SATURATED:
-        return rng_uniform(s, 12.0f, 40.0f);
+        return xorshift_uniform(s, 12.0f, 40.0f);
     case DIST_ZEROS: {
         const int r = rng_int(s, 4);
         return r == 0 ? -3.0f : r == 1 ? -1.0f : r == 2 ? -0.0f : 0.0f;
     }
     default:
-        return rng_uniform(s, -6.0f, 3.0f);
+        return xorshift_uniform(s, -6.0f, 3.0f);
     }
 }
 
@@ -397,7 +373,7 @@ static void compare_image(const char *what, int b, const float *rows, int n_gpu,
 
 /* One batch on both sides. big: box size deltas in [1.5, 2.5] (boxes 4.5 to 12 times their
  * anchor), which overlap so much that fewer than max_det survive the NMS. */
-static void detect_case(const Gpu *g, int num_classes, int h, int w, int batch, int dist, int big,
+static void detect_case(const Backends *g, int num_classes, int h, int w, int batch, int dist, int big,
                         uint32_t seed)
 {
     ModelConfig cfg;
@@ -424,9 +400,9 @@ static void detect_case(const Gpu *g, int num_classes, int h, int w, int batch, 
         box_h[l] = xmalloc(nb * sizeof(float));
         for (size_t i = 0; i < nc; i++) cls_h[l][i] = draw_logit(&s, dist, p_cont);
         for (size_t i = 0; i < nb; i++)
-            box_h[l][i] = i % 4 < 2 ? rng_uniform(&s, -0.5f, 0.5f)
-                          : big     ? rng_uniform(&s, 1.5f, 2.5f)
-                                    : rng_uniform(&s, -1.0f, 1.0f);
+            box_h[l][i] = i % 4 < 2 ? xorshift_uniform(&s, -0.5f, 0.5f)
+                          : big     ? xorshift_uniform(&s, 1.5f, 2.5f)
+                                    : xorshift_uniform(&s, -1.0f, 1.0f);
         cls_d[l] = dev_upload(g, cls_h[l], nc * sizeof(float));
         box_d[l] = dev_upload(g, box_h[l], nb * sizeof(float));
     }
@@ -440,12 +416,12 @@ static void detect_case(const Gpu *g, int num_classes, int h, int w, int batch, 
     float *anchors_d = dev_upload(g, anc.boxes, (size_t)count * 4 * sizeof(float));
     float *dets_d = dev_upload(g, dets, det_floats * sizeof(float));
     int32_t *n_d = dev_alloc(g, (size_t)batch * sizeof(int32_t));
-    const size_t ws = g->ops->detect_workspace_bytes(batch, count, C, k, max_det);
-    if (g->ops->workspace_reserve(g->ctx, ws, &err) != 0) fail_msg("%s: %s", what, err.msg);
-    g->ops->detect(g->ctx, dets_d, n_d, cls_d, box_d, anchors_d, count, anc.level_start, L, batch,
+    const size_t ws = g->gpu->detect_workspace_bytes(batch, count, C, k, max_det);
+    if (g->gpu->workspace_reserve(g->gctx, ws, &err) != 0) fail_msg("%s: %s", what, err.msg);
+    g->gpu->detect(g->gctx, dets_d, n_d, cls_d, box_d, anchors_d, count, anc.level_start, L, batch,
                    A, C, k, cfg.nms_iou, max_det);
-    g->ops->mem_download(g->ctx, dets, dets_d, det_floats * sizeof(float));
-    g->ops->mem_download(g->ctx, n_dets, n_d, (size_t)batch * sizeof(int32_t));
+    g->gpu->mem_download(g->gctx, dets, dets_d, det_floats * sizeof(float));
+    g->gpu->mem_download(g->gctx, n_dets, n_d, (size_t)batch * sizeof(int32_t));
 
     /* The host, image by image. */
     Postprocess p;
@@ -484,19 +460,19 @@ static void detect_case(const Gpu *g, int num_classes, int h, int w, int batch, 
     postprocess_free(&p);
     free(cpu), free(ref), free(order), free(suppressed), free(dets);
     for (int l = 0; l < L; l++) {
-        g->ops->mem_free(g->ctx, (void *)cls_d[l]), g->ops->mem_free(g->ctx, (void *)box_d[l]);
+        g->gpu->mem_free(g->gctx, (void *)cls_d[l]), g->gpu->mem_free(g->gctx, (void *)box_d[l]);
         free(cls_h[l]), free(box_h[l]);
     }
-    g->ops->mem_free(g->ctx, anchors_d), g->ops->mem_free(g->ctx, dets_d);
-    g->ops->mem_free(g->ctx, n_d);
+    g->gpu->mem_free(g->gctx, anchors_d), g->gpu->mem_free(g->gctx, dets_d);
+    g->gpu->mem_free(g->gctx, n_d);
     anchors_free(&anc);
 }
 
 static void test_detect(void **state)
 {
-    const Gpu *g = *state;
-    if (!g->ops->detect || !g->ops->detect_workspace_bytes)
-        fail_msg("the %s backend has no detect", g->ops->name);
+    const Backends *g = *state;
+    if (!g->gpu->detect || !g->gpu->detect_workspace_bytes)
+        fail_msg("the %s backend has no detect", g->gpu->name);
     uint32_t seed = 0x9e3779b9u;
     for (int dist = DIST_CONTINUOUS; dist <= DIST_ZEROS; dist++)
         detect_case(g, 0, 128, 128, 3, dist, 0, seed += 0x1111u);
@@ -511,21 +487,9 @@ static void test_detect(void **state)
 
 int main(void)
 {
-    Err err = {{0}};
-    Gpu g = {.ops = ops_cuda(&err)};
-    if (g.ops) g.ctx = g.ops->ctx_create(0, &err);
-    if (!g.ops || !g.ctx) {
-        fprintf(stderr,
-                "test_detect_gpu: no usable CUDA GPU, so the CUDA detection ops cannot be compared "
-                "with the host: %s\n(make test-gpu is meant for a machine with a GPU)\n",
-                err.msg);
-        return 1;
-    }
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test_prestate(test_label_anchors, &g),
-        cmocka_unit_test_prestate(test_detect, &g),
+        cmocka_unit_test(test_label_anchors),
+        cmocka_unit_test(test_detect),
     };
-    int failed = cmocka_run_group_tests(tests, NULL, NULL);
-    g.ops->ctx_destroy(g.ctx);
-    return failed ? 1 : 0;
+    return gpu_compare_main("test_detect_gpu", tests, sizeof tests / sizeof tests[0]);
 }
