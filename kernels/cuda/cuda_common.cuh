@@ -54,11 +54,22 @@ struct OpsCtx {
     size_t workspace_bytes;
     float *reduce;          /* scratch of the deterministic sums (reduce.cuh), fixed size */
     size_t reduce_floats;
+    float *scratch;         /* an op's small intermediates between its kernels (cuda__scratch) */
+    size_t scratch_floats;
     int tf32;               /* set_tf32: convolutions and GEMMs may use TF32 tensor cores */
     ConvPlan *conv_plans;   /* fixed-capacity cache of per-shape convolution plans */
     int conv_plan_count;    /* slots in use */
     int conv_plan_next;     /* next slot to reuse once all are in use (round robin) */
 };
+
+/* Room for `floats` intermediates an op keeps between its own kernels (BN backward's per-channel
+ * sums, SE backward's per-image gradients). Separate from ctx->reduce, which the sums between them
+ * overwrite; valid until the op returns (ops run in stream order, one at a time). */
+static inline float *cuda__scratch(OpsCtx *ctx, size_t floats)
+{
+    ASSERT(floats <= ctx->scratch_floats);
+    return ctx->scratch;
+}
 
 /* Threads per block of the 1-D kernels, and the most blocks a grid-stride launch uses: plenty to
  * fill any current GPU, and within every grid dimension's limit. */

@@ -10,8 +10,7 @@
  * many values (fusion's dw) go through reduce.cuh; SE's per-image sums have a kernel of their own
  * with a fixed tree, in double as the CPU.
  *
- * Scratch: SE backward keeps its per-image intermediates (da_e, da_r, dpool) in ctx->reduce,
- * which it otherwise leaves alone (it runs no reduce.cuh sum), so nothing overlaps. */
+ * SE backward keeps its per-image intermediates (da_e, da_r, dpool) in cuda__scratch. */
 #include "kernels/cuda/reduce.cuh"
 
 /* Up to four fusion tensors travel by value in the kernel's parameters (as elementwise.cu's
@@ -355,10 +354,9 @@ void cuda__se_backward(OpsCtx *ctx, float *dx, float *dw_r, float *db_r, float *
 {
     ASSERT((size_t)n <= CUDA_MAX_BLOCKS && cr > 0);
     if (n <= 0 || hw <= 0 || c <= 0) return;
-    /* Intermediates in ctx->reduce (see the file comment): da_e (N, C), da_r (N, Cr), dpool (N, C). */
+    /* Intermediates: da_e (N, C), da_r (N, Cr), dpool (N, C). */
     const size_t nc = (size_t)n * c, ncr = (size_t)n * cr;
-    ASSERT(2 * nc + ncr <= ctx->reduce_floats);
-    float *da_e = ctx->reduce, *da_r = da_e + nc, *dpool = da_r + ncr;
+    float *da_e = cuda__scratch(ctx, 2 * nc + ncr), *da_r = da_e + nc, *dpool = da_r + ncr;
 
     dim3 gate_grid((c + TILE_C - 1) / TILE_C, n);
     se_gate_grad_kernel<<<gate_grid, dim3(TILE_C, SE_ROWS), 0, ctx->stream>>>(da_e, dy, x, gate,

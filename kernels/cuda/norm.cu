@@ -10,10 +10,8 @@
  * rather than E[x^2] - mean^2, and the mean pass sums each value's difference from its channel's
  * first value, so a mean far larger than the spread does not cost the mean its precision.
  *
- * Scratch: train backward needs its two per-channel sums (2C floats) between the reductions and the
- * dx kernel, and no output can hold them (dgamma and dbeta accumulate). They live at the end of
- * ctx->reduce, past the partials the column sums write there (groups * C floats from the start);
- * bn_sum_scratch checks that the two do not overlap. */
+ * Train backward keeps its two per-channel sums (2C floats) between the reductions and the dx
+ * kernel in cuda__scratch: no output can hold them (dgamma and dbeta accumulate). */
 #include "kernels/cuda/reduce.cuh"
 
 enum { TILE_C = 32, TILE_R = 8 };
@@ -155,15 +153,6 @@ static dim3 bn_grid(size_t rows, int c)
     return dim3((c + TILE_C - 1) / TILE_C, cuda__cap_blocks((rows + TILE_R - 1) / TILE_R));
 }
 
-/* 2C floats at the end of ctx->reduce for train backward's sums, past the partials that a column
- * sum of this shape writes from the start (see the file comment). */
-static float *bn_sum_scratch(OpsCtx *ctx, size_t rows, int c)
-{
-    const size_t parts = (size_t)cuda__colsum_groups(ctx, rows, c) * (size_t)c;
-    ASSERT(parts + 2 * (size_t)c <= ctx->reduce_floats);
-    return ctx->reduce + ctx->reduce_floats - 2 * (size_t)c;
-}
-
 void cuda__bn_train_forward(OpsCtx *ctx, float *out, float *save_mean, float *save_invstd,
                             float *running_mean, float *running_var, const float *in,
                             const float *gamma, const float *beta, float eps, float momentum,
@@ -205,7 +194,7 @@ void cuda__bn_train_backward(OpsCtx *ctx, float *dx, float *dgamma, float *dbeta
     /* Through the batch statistics: dx = gamma * invstd * (dz - mean(dz) - xhat * mean(dz xhat)).
      * The two sums are taken first (they are dbeta's and dgamma's too), then one elementwise
      * pass, so nothing cancels beyond what the CPU's formula cancels. */
-    float *sums = bn_sum_scratch(ctx, rows, c);
+    float *sums = cuda__scratch(ctx, 2 * (size_t)c);
     cuda__colsum(ctx, sums, 0, rows, c,
                  [=] __device__(size_t r, int ch) { return bn_dz_at(p, x, dy, r, c, ch); });
     cuda__colsum(ctx, sums + c, 0, rows, c,

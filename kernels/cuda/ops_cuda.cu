@@ -46,6 +46,7 @@ static void cuda_ctx_destroy(OpsCtx *ctx)
     if (ctx->cublas) CUBLAS_CHECK(cublasDestroy(ctx->cublas));
     if (ctx->workspace) CUDA_CHECK(cudaFree(ctx->workspace));
     if (ctx->reduce) CUDA_CHECK(cudaFree(ctx->reduce));
+    if (ctx->scratch) CUDA_CHECK(cudaFree(ctx->scratch));
     if (ctx->stream) CUDA_CHECK(cudaStreamDestroy(ctx->stream));
     free(ctx);
 }
@@ -85,6 +86,14 @@ static OpsCtx *cuda_ctx_create(int device, Err *err)
     if (rc != cudaSuccess) {
         ctx->reduce = NULL;
         cuda_fail(err, rc, "allocating the reduction scratch");
+        goto fail;
+    }
+    /* Per-op intermediates (cuda__scratch): SE backward's N (2C + Cr) floats are the largest. */
+    ctx->scratch_floats = (size_t)4 << 20;
+    rc = cudaMalloc((void **)&ctx->scratch, ctx->scratch_floats * sizeof(float));
+    if (rc != cudaSuccess) {
+        ctx->scratch = NULL;
+        cuda_fail(err, rc, "allocating the op scratch");
         goto fail;
     }
     if (cuda__conv_ctx_init(ctx, err) < 0) goto fail;
