@@ -50,6 +50,14 @@ typedef struct PoolShape {
     int pad_top, pad_left;
 } PoolShape;
 
+/* Data-parallel batch norm (Ops.set_bn_sync): allreduce sums n host doubles in place over the
+ * `world` ranks (the same result on every rank), returning 0 or -1. */
+typedef struct BnSync {
+    int (*allreduce)(void *arg, double *v, size_t n);
+    void *arg;
+    int world;
+} BnSync;
+
 /* Fills the output size and SAME padding of a convolution or pool from the input size. */
 void conv_shape_same(ConvShape *s, int n, int h, int w, int cin, int cout, int k, int stride);
 void pool_shape_same(PoolShape *s, int n, int h, int w, int c, int k, int stride);
@@ -194,6 +202,15 @@ typedef struct Ops {
     /* TF32 for the convolutions and GEMMs (on: Ampere and later round their operands to a 10-bit
      * mantissa, about 1e-3 relative; off, the default: exact fp32). NULL on the CPU. */
     void (*set_tf32)(OpsCtx *ctx, int on);
+
+    /* Data-parallel batch norm: train-mode BN statistics (forward: the per-channel sums for the
+     * mean, then of squared deviations around the global mean; backward: the sums of dz and
+     * dz*xhat) are summed over all ranks through sync->allreduce, with rows * sync->world values
+     * per channel: one call per phase per layer (forward 2 of c values, backward 1 of 2c). dgamma
+     * and dbeta stay this rank's sums (the gradient block is summed later). A failed allreduce
+     * leaves the statistics undefined; its callback must remember the failure. The context keeps a
+     * copy of *sync (sync->arg must outlive it). NULL sync: local statistics (the default). */
+    void (*set_bn_sync)(OpsCtx *ctx, const BnSync *sync);
 
     /* Training targets of a batch on the backend, worker/labeler.h's rules and its level-major
      * output layout, bit for bit. anchors (count, 4) yxyx (backend); level_start (num_levels + 1)

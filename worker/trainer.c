@@ -6,7 +6,13 @@
  * of the gradient block are zeroed, and their weight-decay mask bytes are 0, so the unchanged
  * sgd_update leaves them bit-identical (p -= lr * 0) and their momentum at 0: one mem_zero per
  * range per step and no new op. Their gradients are still computed (the tape has no per-
- * activation "needs grad"); skipping them is an optimisation left for later. */
+ * activation "needs grad"); skipping them is an optimisation left for later.
+ *
+ * Data parallelism (trainer_set_comm) adds collectives at fixed points of a step, the same on
+ * every rank: the batch's positives (with a "could not label" flag, so one rank's bad batch fails
+ * the step everywhere instead of leaving the others waiting), the two loss scalars, the BN sums
+ * inside forward and backward when BN is synchronized, and the gradient block. After the
+ * gradient sum every rank holds the same bits, so clipping, SGD and EMA need no change. */
 #include "worker/trainer.h"
 
 #include <cJSON.h>
@@ -413,6 +419,80 @@ static int make_targets(Trainer *t, const float *boxes, const int32_t *classes,
     return total;
 }
 
+/* The BnSync callback: BN sums over the ranks. A failure is kept in the trainer (the op table
+ * has no error path), and once the comm has failed later calls fail without waiting again. */
+static int trainer_bn_allreduce(void *arg, double *v, size_t n)
+{
+    Trainer *t = arg;
+    if (t->comm_failed) return -1;
+    if (comm_allreduce_f64(t->comm, v, n, &t->comm_err) == 0) return 0;
+    t->comm_failed = 1;
+    return -1;
+}
+
+int trainer_set_comm(Trainer *t, Comm *c, int sync_bn, Err *err)
+{
+    const Ops *o = t->model.ops;
+    if (c && !c->device_memory && !o->host_memory)
+        return err_set(err, "data parallel: the %s communicator needs host memory, which the %s "
+                            "backend does not use", c->vt->name, o->name);
+    if (c && sync_bn && !o->set_bn_sync)
+        return err_set(err, "data parallel: the %s backend has no synchronized batch norm",
+                       o->name);
+    t->comm = c;
+    t->sync_bn = c && sync_bn;
+    t->comm_failed = 0;
+    if (t->sync_bn) {
+        t->bn_sync = (BnSync){.allreduce = trainer_bn_allreduce, .arg = t, .world = comm_world(c)};
+        o->set_bn_sync(t->model.ctx, &t->bn_sync);
+    } else if (o->set_bn_sync) {
+        o->set_bn_sync(t->model.ctx, NULL);
+    }
+    return 0;
+}
+
+/* Fails (with the first collective error) once a collective of this trainer has failed. */
+static int comm_check(const Trainer *t, Err *err)
+{
+    if (!t->comm_failed) return 0;
+    if (err) *err = t->comm_err;
+    return -1;
+}
+
+/* Sum over the ranks of host doubles; any failure is sticky (comm_check). */
+static int trainer_allreduce_f64(Trainer *t, double *v, size_t n, Err *err)
+{
+    if (comm_check(t, err) != 0) return -1;
+    if (!t->comm) return 0;
+    if (comm_allreduce_f64(t->comm, v, n, &t->comm_err) == 0) return 0;
+    t->comm_failed = 1;
+    return comm_check(t, err);
+}
+
+int trainer_agree_stop(Trainer *t, int stop, int *any, Err *err)
+{
+    double v = stop ? 1.0 : 0.0;
+    if (trainer_allreduce_f64(t, &v, 1, err) != 0) return -1;
+    *any = v > 0;
+    return 0;
+}
+
+/* The global batch's positives into *global. pos < 0: this rank could not label its batch (err
+ * says why); the ranks agree on that too, so every rank fails the step together. */
+static int agree_positives(Trainer *t, int pos, double *global, Err *err)
+{
+    *global = pos;
+    if (!t->comm) return pos < 0 ? -1 : 0;
+    double v[2] = {pos < 0 ? 0.0 : (double)pos, pos < 0 ? 1.0 : 0.0};
+    Err comm_err;
+    if (trainer_allreduce_f64(t, v, 2, pos < 0 ? &comm_err : err) != 0) return -1;
+    if (pos < 0) return -1;
+    if (v[1] > 0)
+        return err_set(err, "step %ld: %g other rank(s) could not label their batches", t->step, v[1]);
+    *global = v[0];
+    return 0;
+}
+
 int trainer_loss_and_grads(Trainer *t, const float *input, const float *boxes,
                            const int32_t *classes, const uint8_t *crowd, int max_boxes,
                            TrainStats *st, Err *err)
@@ -420,11 +500,14 @@ int trainer_loss_and_grads(Trainer *t, const float *input, const float *boxes,
     Model *m = &t->model;
     const Ops *o = m->ops;
     memset(st, 0, sizeof *st);
-    int pos = make_targets(t, boxes, classes, crowd, max_boxes, err);
-    if (pos < 0) return -1;
-    st->positives = pos;
+    if (comm_check(t, err) != 0) return -1;
+    double pos;
+    if (agree_positives(t, make_targets(t, boxes, classes, crowd, max_boxes, err), &pos, err) != 0)
+        return -1;
+    st->positives = (int)pos;
     o->mem_upload(m->ctx, m->input.p, input, act_count(m->input) * sizeof(float));
     model_forward(m);
+    if (comm_check(t, err) != 0) return -1; /* a synchronized BN layer's sums */
     model_zero_grads(m);
     o->mem_zero(m->ctx, t->scalars, 4 * sizeof(float));
     int A = model_config_anchors_per_loc(&t->cfg), B = t->s.batch;
@@ -434,19 +517,28 @@ int trainer_loss_and_grads(Trainer *t, const float *input, const float *boxes,
         o->detection_loss(m->ctx, t->scalars, model_grad(m, m->class_out[l]),
                           model_grad(m, m->box_out[l]), m->class_out[l].p, m->box_out[l].p,
                           t->cls_target + first, t->box_target + 4 * first, rows, A,
-                          t->cfg.num_classes, (float)(pos + 1), (float)t->s.alpha,
+                          t->cfg.num_classes, (float)(pos + 1.0), (float)t->s.alpha,
                           (float)t->s.gamma, (float)t->s.delta, (float)t->s.box_weight,
                           (float)t->s.label_smoothing);
     }
     float loss[2];
     o->mem_download(m->ctx, loss, t->scalars, sizeof loss);
-    st->class_loss = loss[0], st->box_loss = loss[1];
-    st->loss = loss[0] + t->s.box_weight * loss[1];
+    /* Each rank's share is normalized by the global positives, so the shares add up to the
+     * global loss; every rank then sees the same value and takes the same decision below. */
+    double total[2] = {loss[0], loss[1]};
+    if (trainer_allreduce_f64(t, total, 2, err) != 0) return -1;
+    st->class_loss = total[0], st->box_loss = total[1];
+    st->loss = total[0] + t->s.box_weight * total[1];
     if (!isfinite(st->loss))
         return err_set(err, "step %ld: the loss is not finite (class %g, box %g)", t->step,
                        st->class_loss, st->box_loss);
     model_backward(m);
+    if (comm_check(t, err) != 0) return -1;
     zero_frozen(t, m->grads);
+    if (t->comm && comm_allreduce_f32(t->comm, m->grads, m->table.n_params, &t->comm_err) != 0) {
+        t->comm_failed = 1;
+        return comm_check(t, err);
+    }
     return 0;
 }
 

@@ -13,9 +13,11 @@
 
 #include <stdint.h>
 
+#include "kernels/ops.h"
 #include "shared/err.h"
 #include "worker/anchors.h"
 #include "worker/checkpoint.h"
+#include "worker/comm.h"
 #include "worker/labeler.h"
 #include "worker/model/model.h"
 
@@ -54,7 +56,7 @@ void train_settings_default(TrainSettings *s, const char *model, int num_classes
 typedef struct TrainStats {
     double loss, class_loss, box_loss;
     double lr, grad_norm;
-    int positives;
+    int positives; /* of the whole global batch under data parallelism */
 } TrainStats;
 
 typedef struct Trainer {
@@ -79,6 +81,12 @@ typedef struct Trainer {
     int n_frozen;
     char initial[TRAIN_PATH_CAP];               /* the initial weights, for the settings record */
     long step;                                  /* optimizer steps taken */
+    /* Data parallelism (trainer_set_comm); comm NULL: one worker. */
+    Comm *comm;
+    int sync_bn;
+    BnSync bn_sync;  /* given to ops->set_bn_sync; its arg is this Trainer, which must not move */
+    int comm_failed; /* a collective failed (comm_err says why): every later step fails */
+    Err comm_err;
 } Trainer;
 
 /* Starting weights: effdet-style random init with seed s->seed, then, over it, either
@@ -97,6 +105,22 @@ typedef struct Trainer {
 int trainer_init(Trainer *t, const TrainSettings *s, const char *device, const char *weights,
                  Err *err);
 void trainer_free(Trainer *t); /* idempotent */
+
+/* Data parallel: c's ranks each train on their slice of the global batch (s.batch per rank). The
+ * positives of the whole global batch normalize the loss (so the ranks' losses add up to the
+ * single-worker loss; TrainStats reports the global loss and positives on every rank), the
+ * gradient block is summed over ranks before clipping, and with sync_bn the train-mode BN
+ * statistics are the global batch's (ops->set_bn_sync; an error when the backend lacks it).
+ * Every rank then takes the same update, so the ranks' weights stay bit-identical. NULL c: one
+ * worker. Call after trainer_init, before the first step; c must outlive the trainer's steps.
+ * Every rank must make the same sequence of trainer_step / trainer_loss_and_grads /
+ * trainer_agree_stop calls; a failed collective (a timeout, a dead rank, a rank whose batch
+ * could not be labelled) makes the step fail on every rank that notices, and all later ones. */
+int trainer_set_comm(Trainer *t, Comm *c, int sync_bn, Err *err);
+
+/* Whether any rank wants to stop: *any = 1 when some rank passed stop != 0 (with no comm,
+ * *any = stop). The worker loop calls it once per step, so every rank stops at the same step. */
+int trainer_agree_stop(Trainer *t, int stop, int *any, Err *err);
 
 /* One step on a batch: input (batch, H, W, 3) normalized host floats; boxes (batch, max_boxes, 4)
  * yxyx input pixels; classes (batch, max_boxes) 1-based, -1 padding; crowd (batch, max_boxes) or

@@ -12,6 +12,10 @@
 struct OpsCtx {
     float *workspace; /* scratch for im2col, reserved once at plan time */
     size_t workspace_bytes;
+    /* Data-parallel batch norm (Ops.set_bn_sync); has_bn_sync 0: local statistics. Ops also
+     * accept a NULL context (tests), which means local statistics too. */
+    BnSync bn_sync;
+    int has_bn_sync;
 };
 
 size_t cpu__conv2d_workspace_bytes(const ConvShape *s);
@@ -48,6 +52,7 @@ void cpu__bn_infer_backward(OpsCtx *ctx, float *dx, float *dgamma, float *dbeta,
                             int c);
 void cpu__act_backward(OpsCtx *ctx, float *dx, const float *dy, const float *x, Act act,
                        size_t count);
+void cpu__set_bn_sync(OpsCtx *ctx, const BnSync *sync);
 void cpu__conv2d_backward(OpsCtx *ctx, float *dx, float *dw, float *db, const float *dy,
                           const float *x, const float *w, const ConvShape *s);
 void cpu__dwconv2d_backward(OpsCtx *ctx, float *dx, float *dw, const float *dy, const float *x,

@@ -3,10 +3,15 @@
  *
  * Train-mode batch norm and the backward passes work channel tile by channel tile (BN_TILE
  * channels), so that a tile's per-channel sums fit the deterministic reduction of reduce.c and its
- * coefficients fit on the stack whatever the channel count. Every pass computes the
+ * coefficients fit on the stack whatever the channel count. A train-mode layer first computes the
+ * sums of all its channels (on the stack: ops never allocate, and a NULL context must work), so
+ * that with data-parallel sync (Ops.set_bn_sync) one allreduce per pass carries the whole layer;
+ * without sync the arithmetic is the same, tile by tile. Every pass computes the
  * pre-activation the same way, pre = x * scale + shift with scale = gamma * invstd and
  * shift = beta - mean * scale (PyTorch's folded form), so the backward recomputes exactly what the
  * forward activated. */
+#include <string.h>
+
 #include "kernels/cpu/cpu_internal.h"
 #include "shared/check.h"
 
@@ -89,31 +94,72 @@ static void bn_sqdev_chunk(double *acc, size_t begin, size_t end, const void *ar
     }
 }
 
+void cpu__set_bn_sync(OpsCtx *ctx, const BnSync *sync)
+{
+    ASSERT(!sync || (sync->allreduce && sync->world >= 1));
+    ctx->has_bn_sync = sync != NULL;
+    if (sync) ctx->bn_sync = *sync;
+}
+
+/* Ranks whose rows enter a train-mode BN layer's statistics. */
+static int bn_world(const OpsCtx *ctx) { return ctx && ctx->has_bn_sync ? ctx->bn_sync.world : 1; }
+
+/* Sums v over the ranks when batch norm is synchronized. A failed allreduce is not handled here:
+ * its callback keeps the error and the caller (the trainer) fails the step, whose statistics are
+ * then discarded along with everything else the step computed. */
+static void bn_sync_sum(OpsCtx *ctx, double *v, size_t n)
+{
+    if (ctx && ctx->has_bn_sync) (void)ctx->bn_sync.allreduce(ctx->bn_sync.arg, v, n);
+}
+
+/* sum (c) = per-channel sums of in (rows, c), tile by tile. */
+static void bn_column_sums(double *sum, const float *in, size_t rows, int c)
+{
+    for (int c0 = 0; c0 < c; c0 += BN_TILE)
+        cpu__column_dots(sum + c0, in + c0, NULL, rows, c, c - c0 < BN_TILE ? c - c0 : BN_TILE);
+}
+
+/* sqdev (c) = per-channel sums of (x - mean_d)^2 over in (rows, c), tile by tile. */
+static void bn_column_sqdevs(double *sqdev, const double *mean_d, const float *in, size_t rows,
+                             int c)
+{
+    for (int c0 = 0; c0 < c; c0 += BN_TILE) {
+        BnTile t = bn_tile(in, NULL, c0, c, ACT_NONE);
+        memcpy(t.mean_d, mean_d + c0, (size_t)t.ct * sizeof(double));
+        cpu__reduce(sqdev + c0, t.ct, rows, bn_sqdev_chunk, &t);
+    }
+}
+
 void cpu__bn_train_forward(OpsCtx *ctx, float *out, float *save_mean, float *save_invstd,
                            float *running_mean, float *running_var, const float *in,
                            const float *gamma, const float *beta, float eps, float momentum,
                            Act act, size_t rows, int c)
 {
     ASSERT(rows >= 2); /* PyTorch refuses one value per channel in training too */
+    ASSERT(c <= BN_MAX_CHANNELS);
+    /* Every channel's sums first, so that a synchronized layer sums them over the ranks in one
+     * call per pass. Two passes (mean, then squared deviations around the global mean) rather
+     * than E[x^2] - mean^2, which cancels badly when |mean| >> std. */
+    double mean_d[BN_MAX_CHANNELS], sqdev[BN_MAX_CHANNELS];
+    const double total = (double)rows * bn_world(ctx);
+    bn_column_sums(mean_d, in, rows, c);
+    bn_sync_sum(ctx, mean_d, (size_t)c);
+    for (int ch = 0; ch < c; ch++) mean_d[ch] /= total;
+    bn_column_sqdevs(sqdev, mean_d, in, rows, c);
+    bn_sync_sum(ctx, sqdev, (size_t)c);
     for (int c0 = 0; c0 < c; c0 += BN_TILE) {
         BnTile t = bn_tile(in, NULL, c0, c, act);
-        double sum[BN_TILE], sqdev[BN_TILE];
-        /* Two passes (mean, then squared deviations) rather than E[x^2] - mean^2, which cancels
-         * badly when |mean| >> std. */
-        cpu__column_dots(sum, t.x, NULL, rows, c, t.ct);
-        for (int j = 0; j < t.ct; j++) t.mean_d[j] = sum[j] / (double)rows;
-        cpu__reduce(sqdev, t.ct, rows, bn_sqdev_chunk, &t);
         for (int j = 0; j < t.ct; j++) {
             int ch = c0 + j;
-            t.mean[j] = (float)t.mean_d[j];
-            t.invstd[j] = (float)(1.0 / sqrt(sqdev[j] / (double)rows + eps));
+            t.mean[j] = (float)mean_d[ch];
+            t.invstd[j] = (float)(1.0 / sqrt(sqdev[ch] / total + eps));
             save_mean[ch] = t.mean[j];
             save_invstd[ch] = t.invstd[j];
             /* PyTorch's update, in its order: r = momentum * batch + (1 - momentum) * r. */
             if (running_mean)
                 running_mean[ch] = momentum * t.mean[j] + (1.0f - momentum) * running_mean[ch];
             if (running_var) {
-                float unbiased = (float)(sqdev[j] / (double)(rows - 1));
+                float unbiased = (float)(sqdev[ch] / (total - 1.0));
                 running_var[ch] = momentum * unbiased + (1.0f - momentum) * running_var[ch];
             }
         }
@@ -182,29 +228,48 @@ static void bn_tile_dx(float *dx, const BnTile *t, const float *g, const float *
     }
 }
 
+/* A tile of a train-mode layer with its saved statistics, folded. */
+static BnTile bn_saved_tile(const float *in, const float *dy, int c0, int c, Act act,
+                            const float *save_mean, const float *save_invstd, const float *gamma,
+                            const float *beta)
+{
+    BnTile t = bn_tile(in, dy, c0, c, act);
+    for (int j = 0; j < t.ct; j++) {
+        t.mean[j] = save_mean[c0 + j];
+        t.invstd[j] = save_invstd[c0 + j];
+    }
+    bn_tile_fold(&t, gamma + c0, beta + c0);
+    return t;
+}
+
 void cpu__bn_train_backward(OpsCtx *ctx, float *dx, float *dgamma, float *dbeta, const float *dy,
                             const float *in, const float *gamma, const float *beta,
                             const float *save_mean, const float *save_invstd, Act act,
                             size_t rows, int c)
 {
     /* Through the batch statistics: with dz the gradient at the pre-activation,
-     * dx = gamma * invstd * (dz - mean(dz) - xhat * mean(dz * xhat)). */
+     * dx = gamma * invstd * (dz - mean(dz) - xhat * mean(dz * xhat)), the means over the whole
+     * (global) batch. Every channel's sums first, so that a synchronized layer sums them over the
+     * ranks in one call; dgamma and dbeta take this rank's own sums. */
+    ASSERT(c <= BN_MAX_CHANNELS);
+    double sums[2 * BN_MAX_CHANNELS]; /* sum_dz (c), then sum_dzx (c) */
     for (int c0 = 0; c0 < c; c0 += BN_TILE) {
-        BnTile t = bn_tile(in, dy, c0, c, act);
-        for (int j = 0; j < t.ct; j++) {
-            t.mean[j] = save_mean[c0 + j];
-            t.invstd[j] = save_invstd[c0 + j];
-        }
-        bn_tile_fold(&t, gamma + c0, beta + c0);
-        double sum_dz[BN_TILE], sum_dzx[BN_TILE];
-        bn_tile_param_grads(sum_dz, sum_dzx, dgamma ? dgamma + c0 : NULL,
+        BnTile t = bn_saved_tile(in, dy, c0, c, act, save_mean, save_invstd, gamma, beta);
+        bn_tile_param_grads(sums + c0, sums + c + c0, dgamma ? dgamma + c0 : NULL,
                             dbeta ? dbeta + c0 : NULL, &t, rows);
-        if (!dx) continue;
+    }
+    /* dx NULL is a property of the model (the same on every rank), so skipping the sum here
+     * keeps the ranks' sequences of collectives equal. */
+    if (!dx) return;
+    bn_sync_sum(ctx, sums, 2 * (size_t)c);
+    const double total = (double)rows * bn_world(ctx);
+    for (int c0 = 0; c0 < c; c0 += BN_TILE) {
+        BnTile t = bn_saved_tile(in, dy, c0, c, act, save_mean, save_invstd, gamma, beta);
         float g[BN_TILE], ka[BN_TILE], kb[BN_TILE];
         for (int j = 0; j < t.ct; j++) {
             g[j] = gamma[c0 + j] * t.invstd[j];
-            ka[j] = (float)(sum_dz[j] / (double)rows);
-            kb[j] = (float)(sum_dzx[j] / (double)rows);
+            ka[j] = (float)(sums[c0 + j] / total);
+            kb[j] = (float)(sums[c + c0 + j] / total);
         }
         bn_tile_dx(dx + c0, &t, g, ka, kb, rows);
     }

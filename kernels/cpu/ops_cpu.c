@@ -98,6 +98,7 @@ static const Ops cpu_ops = {
     .sum_squares = cpu__sum_squares,
     .sgd_update = cpu__sgd_update,
     .ema_update = cpu__ema_update,
+    .set_bn_sync = cpu__set_bn_sync,
 };
 
 const Ops *ops_cpu(void) { return &cpu_ops; }
