@@ -298,7 +298,11 @@ static int serve(Augmenter *a, int stop_fd, Err *err)
                                                                    : NULL;
         if (rc == STAGE_FAILED && bt && task_fail(a, bt, err->msg, err) < 0) return -1;
         if (rc == STAGE_RESULT) {
+            /* Transforming a sample (and packing its batch when it is the last) is the
+             * augmenter's work; waiting for loaders is not (several batches wait at once). */
+            int64_t t0 = stage_now_ns();
             int trc = bt ? take_sample(a, bt, pos, &r, err) : 0;
+            stage_server_add_busy(&a->srv, stage_now_ns() - t0);
             stage_client_release(&a->cli, &r);
             if (trc < 0) return -1;
         }
@@ -326,7 +330,8 @@ int augment_run(const AugmentConfig *cfg, int stop_fd, Err *err)
         StageServerConfig sc = {.endpoint = cfg->endpoint, .seg_tag = cfg->name, .n_slots = slots,
                                 .slot_bytes = a.layout.bytes, .hb_ms = cfg->hb_ms,
                                 .limits = cfg->limits, .n_info = 6, .put_info = put_info,
-                                .app = &a};
+                                .app = &a, .report = cfg->report, .role = "augment",
+                                .items_per_result = (uint32_t)cfg->batch};
         a.tasks = calloc(slots, sizeof *a.tasks);
         if (!a.tasks) rc = err_set(err, "out of memory for %u batch tasks", slots);
         if (rc == 0) rc = stage_server_init(&a.srv, zctx, &sc, err);

@@ -38,6 +38,7 @@ typedef struct AugmentConfig {
     const char *name;           /* "aug0": segment tag and the name loaders know us by */
     uint32_t slots;             /* batches in flight */
     int hb_ms, dead_ms;
+    const char *report;         /* stage reports go there (shared/stage.h); NULL: none */
     WireLimits limits;
 } AugmentConfig;
 

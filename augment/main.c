@@ -5,6 +5,9 @@
  *                  [--name NAME] [--slots N] [--dtype f32|f16|bf16]
  *                  [--interp random|bilinear|bicubic] [--fill mean|zero] [--scale-min X]
  *                  [--scale-max X] [--no-flip] [--loader-window N] [--hb-ms MS] [--dead-ms MS]
+ *                  [--report ENDPOINT]
+ *
+ * --report: stage reports (throughput, liveness; shared/stage.h) are pushed there every hb_ms.
  *
  * Exit status: 0 after SIGINT/SIGTERM, 1 for a failure (one line on stderr), 2 for bad flags. */
 #include <errno.h>
@@ -21,7 +24,7 @@ static const char USAGE[] =
     "usage: effdet-augment --loaders EP[,EP...] --listen ENDPOINT --batch B --image-size HxW "
     "[--seed S] [--name NAME] [--slots N] [--dtype f32|f16|bf16] "
     "[--interp random|bilinear|bicubic] [--fill mean|zero] [--scale-min X] [--scale-max X] "
-    "[--no-flip] [--loader-window N] [--hb-ms MS] [--dead-ms MS]";
+    "[--no-flip] [--loader-window N] [--hb-ms MS] [--dead-ms MS] [--report ENDPOINT]";
 
 static int usage_error(const char *what) { return flags_usage_error("effdet-augment", USAGE, what); }
 
@@ -38,6 +41,7 @@ int main(int argc, char **argv)
         {"scale-min", required_argument, NULL, 'm'},  {"scale-max", required_argument, NULL, 'M'},
         {"no-flip", no_argument, NULL, 'F'},          {"loader-window", required_argument, NULL, 'w'},
         {"hb-ms", required_argument, NULL, 'H'},      {"dead-ms", required_argument, NULL, 'D'},
+        {"report", required_argument, NULL, 'r'},
         {"help", no_argument, NULL, 'h'},             {NULL, 0, NULL, 0},
     };
     AugmentConfig cfg = {.name = "aug0", .slots = 2, .limits = wire_limits_default()};
@@ -57,6 +61,7 @@ int main(int argc, char **argv)
         case 'l': cfg.endpoint = optarg; break;
         case 'n': cfg.name = optarg; break;
         case 'F': flip = 0; break;
+        case 'r': cfg.report = optarg; break;
         case 'b':
             if (flags_long(optarg, 1, AUGMENT_MAX_BATCH, &v)) return usage_error("bad --batch");
             cfg.batch = (int)v;

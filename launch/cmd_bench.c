@@ -4,7 +4,9 @@
  * forward: the network alone on a synthetic input (random weights, fixed seed).
  * infer:   the whole single-image path of `effdet infer`: JPEG decode + letterbox resize +
  *          normalize + forward + top-k/NMS, on a synthetic JPEG made in memory.
- * Prints img/s and the mean latency of one batch; --json prints one JSON object. */
+ * Prints img/s and the mean latency of one batch; --json prints one JSON object.
+ * The data modes (augment, handoff, data, pipeline: the data stages, alone or feeding the train
+ * step) have flags of their own and live in cmd_bench_data.c. */
 #include <getopt.h>
 #include <omp.h>
 #include <stdio.h>
@@ -20,7 +22,7 @@
 #include "worker/trainer.h"
 
 static const char *USAGE =
-    "effdet bench --mode forward|infer|train|data|augment|handoff --model NAME [--device cpu|cuda[:N]] [--batch-size B] "
+    "effdet bench --mode forward|infer|train|data|augment|handoff|pipeline --model NAME [--device cpu|cuda[:N]] [--batch-size B] "
     "[--image-size HxW] [--iters N] [--warmup N] [--tf32] [--json]";
 
 typedef struct BenchArgs {
@@ -170,7 +172,8 @@ int cmd_bench(int argc, char **argv)
     for (int i = 1; i + 1 < argc; i++) /* the data modes have flags of their own */
         if (!strcmp(argv[i], "--mode") && (!strcmp(argv[i + 1], "data") ||
                                           !strcmp(argv[i + 1], "augment") ||
-                                          !strcmp(argv[i + 1], "handoff")))
+                                          !strcmp(argv[i + 1], "handoff") ||
+                                          !strcmp(argv[i + 1], "pipeline")))
             return cmd_bench_data(argc, argv);
     BenchArgs a;
     Err err;

@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <limits.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/prctl.h>
@@ -13,6 +14,7 @@
 
 #include "shared/log.h"
 #include "shared/shm.h"
+#include "shared/stage.h"
 
 /* DIR/effdet-NAME beside the running program. */
 static int sibling(const char *name, char *out, size_t cap, Err *err)
@@ -51,55 +53,152 @@ static int spawn(DataPipeline *p, const char *name, char *const argv[], Err *err
     return 0;
 }
 
-int data_pipeline_start(DataPipeline *p, const DataPipelineConfig *cfg, Err *err)
+/* ---- command lines --------------------------------------------------------------------------- */
+
+/* Appends a string (formatted) to out: copied into out->buf, pointed to by out->argv[*n]. Sets
+ * *full when buf or argv has no room, so the caller reports one error at the end. */
+static void argv_add(StageArgv *out, int *n, size_t *used, int *full, const char *fmt, ...)
+    __attribute__((format(printf, 5, 6)));
+static void argv_add(StageArgv *out, int *n, size_t *used, int *full, const char *fmt, ...)
+{
+    if (*full) return;
+    va_list ap;
+    va_start(ap, fmt);
+    int len = vsnprintf(out->buf + *used, sizeof out->buf - *used, fmt, ap);
+    va_end(ap);
+    /* One slot stays for the terminating NULL. */
+    if (len < 0 || (size_t)len >= sizeof out->buf - *used || *n + 1 >= STAGE_ARGV_MAX) {
+        *full = 1;
+        return;
+    }
+    out->argv[(*n)++] = out->buf + *used;
+    *used += (size_t)len + 1;
+}
+
+/* "ipc://RUNDIR/loader0.sock,ipc://RUNDIR/loader1.sock,..." into list (cap bytes). */
+static int loader_list(const DataPipelineConfig *cfg, const char *rundir, char *list, size_t cap,
+                       Err *err)
+{
+    size_t used = 0;
+    for (int j = 0; j < cfg->loaders; j++) {
+        char sock[32], ep[ZMQ_UTIL_ENDPOINT_CAP];
+        snprintf(sock, sizeof sock, "loader%d.sock", j);
+        if (rundir_endpoint(rundir, sock, ep, err) < 0) return -1;
+        int len = snprintf(list + used, cap - used, "%s%s", j ? "," : "", ep);
+        if (len < 0 || (size_t)len >= cap - used)
+            return err_set(err, "%s: the endpoints of %d loaders do not fit a command line",
+                           rundir, cfg->loaders);
+        used += (size_t)len;
+    }
+    return 0;
+}
+
+int data_pipeline_stage_argv(const DataPipelineConfig *cfg, const char *rundir, const char *role,
+                             int i, StageArgv *out, Err *err)
+{
+    memset(out->argv, 0, sizeof out->argv);
+    int loader = !strcmp(role, "loader");
+    if (!loader && strcmp(role, "augment"))
+        return err_set(err, "stage role '%s': expected loader or augment", role);
+    int count = loader ? cfg->loaders : cfg->augmenters;
+    if (i < 0 || i >= count || count > DATA_PIPELINE_MAX)
+        return err_set(err, "%s %d of a pipeline of %d (at most %d)", role, i, count,
+                       DATA_PIPELINE_MAX);
+    char bin[PATH_MAX], sock[32], ep[ZMQ_UTIL_ENDPOINT_CAP];
+    snprintf(sock, sizeof sock, "%s%d.sock", loader ? "loader" : "aug", i);
+    if (sibling(role, bin, sizeof bin, err) < 0 || rundir_endpoint(rundir, sock, ep, err) < 0)
+        return -1;
+    int n = 0, full = 0;
+    size_t used = 0;
+    int hb = cfg->hb_ms ? cfg->hb_ms : STAGE_HB_MS;
+    argv_add(out, &n, &used, &full, "%s", bin);
+    argv_add(out, &n, &used, &full, "--listen");
+    argv_add(out, &n, &used, &full, "%s", ep);
+    argv_add(out, &n, &used, &full, "--name");
+    argv_add(out, &n, &used, &full, "%s%d", loader ? "loader" : "aug", i);
+    argv_add(out, &n, &used, &full, "--hb-ms");
+    argv_add(out, &n, &used, &full, "%d", hb);
+    if (cfg->report) {
+        argv_add(out, &n, &used, &full, "--report");
+        argv_add(out, &n, &used, &full, "%s", cfg->report);
+    }
+    if (loader) {
+        if (cfg->data) {
+            argv_add(out, &n, &used, &full, "--data");
+            argv_add(out, &n, &used, &full, "%s", cfg->data);
+        } else {
+            argv_add(out, &n, &used, &full, "--ann");
+            argv_add(out, &n, &used, &full, "%s", cfg->ann);
+            argv_add(out, &n, &used, &full, "--images");
+            argv_add(out, &n, &used, &full, "%s", cfg->images);
+        }
+        if (cfg->num_classes) {
+            argv_add(out, &n, &used, &full, "--num-classes");
+            argv_add(out, &n, &used, &full, "%d", cfg->num_classes);
+        }
+        if (cfg->skip_bad_images) argv_add(out, &n, &used, &full, "--skip-bad-images");
+    } else {
+        char list[sizeof out->buf];
+        if (loader_list(cfg, rundir, list, sizeof list, err) < 0) return -1;
+        argv_add(out, &n, &used, &full, "--loaders");
+        argv_add(out, &n, &used, &full, "%s", list);
+        argv_add(out, &n, &used, &full, "--batch");
+        argv_add(out, &n, &used, &full, "%d", cfg->batch);
+        argv_add(out, &n, &used, &full, "--image-size");
+        argv_add(out, &n, &used, &full, "%dx%d", cfg->height, cfg->width);
+        argv_add(out, &n, &used, &full, "--seed");
+        argv_add(out, &n, &used, &full, "%llu", (unsigned long long)cfg->seed);
+        argv_add(out, &n, &used, &full, "--slots");
+        argv_add(out, &n, &used, &full, "%d", cfg->aug_slots ? cfg->aug_slots : 2);
+        argv_add(out, &n, &used, &full, "--dtype");
+        argv_add(out, &n, &used, &full, "%s", cfg->dtype ? cfg->dtype : "f32");
+        argv_add(out, &n, &used, &full, "--dead-ms");
+        argv_add(out, &n, &used, &full, "%d", cfg->dead_ms ? cfg->dead_ms : STAGE_DEAD_MS);
+    }
+    if (full)
+        return err_set(err, "%s %d: its command line exceeds %zu bytes or %d arguments", role, i,
+                       sizeof out->buf, STAGE_ARGV_MAX - 1);
+    out->argv[n] = NULL;
+    return 0;
+}
+
+/* ---- the pipeline ------------------------------------------------------------------------------ */
+
+int data_pipeline_open(DataPipeline *p, Err *err)
 {
     memset(p, 0, sizeof *p);
-    if (cfg->loaders < 1 || cfg->loaders > DATA_PIPELINE_MAX || cfg->augmenters < 1 ||
-        cfg->augmenters > DATA_PIPELINE_MAX)
-        return err_set(err, "--loaders and --augmenters must be in 1..%d", DATA_PIPELINE_MAX);
-    char loader_bin[PATH_MAX], aug_bin[PATH_MAX];
     /* What a run killed with -9 left: its sockets' directory (its stages' segments are removed
      * by the stages themselves when they start, stage_server_init). */
     Err serr;
     if (rundir_remove_stale(&serr) < 0) log_warn("%s", serr.msg);
-    if (sibling("loader", loader_bin, sizeof loader_bin, err) < 0 ||
-        sibling("augment", aug_bin, sizeof aug_bin, err) < 0 || rundir_create(p->rundir, err) < 0)
-        return -1;
-    char loader_eps[DATA_PIPELINE_MAX][ZMQ_UTIL_ENDPOINT_CAP], list[DATA_PIPELINE_MAX * 128] = "";
-    char hb[16], dead[16], batch[16], size[40], seed[24], slots[16], ncls[16], name[16];
-    snprintf(hb, sizeof hb, "%d", cfg->hb_ms ? cfg->hb_ms : 200);
-    snprintf(dead, sizeof dead, "%d", cfg->dead_ms ? cfg->dead_ms : 3000);
-    snprintf(batch, sizeof batch, "%d", cfg->batch);
-    snprintf(size, sizeof size, "%dx%d", cfg->height, cfg->width);
-    snprintf(seed, sizeof seed, "%llu", (unsigned long long)cfg->seed);
-    snprintf(slots, sizeof slots, "%d", cfg->aug_slots ? cfg->aug_slots : 2);
-    snprintf(ncls, sizeof ncls, "%d", cfg->num_classes);
+    return rundir_create(p->rundir, err);
+}
+
+int data_pipeline_spawn(DataPipeline *p, const DataPipelineConfig *cfg, Err *err)
+{
+    if (cfg->loaders < 1 || cfg->loaders > DATA_PIPELINE_MAX || cfg->augmenters < 1 ||
+        cfg->augmenters > DATA_PIPELINE_MAX) {
+        data_pipeline_stop(p);
+        return err_set(err, "--loaders and --augmenters must be in 1..%d", DATA_PIPELINE_MAX);
+    }
+    /* Loaders first: augmenters connect to them (either order works, ZeroMQ reconnects, but
+     * this one wastes no retry). */
+    StageArgv sa;
     for (int i = 0; i < cfg->loaders; i++) {
-        char sock[32];
-        snprintf(sock, sizeof sock, "loader%d.sock", i);
+        char name[16];
         snprintf(name, sizeof name, "loader%d", i);
-        if (rundir_endpoint(p->rundir, sock, loader_eps[i], err) < 0) goto fail;
-        const char *argv[20] = {loader_bin, "--listen", loader_eps[i], "--name", name,
-                                "--hb-ms", hb};
-        int k = 7;
-        if (cfg->data) argv[k++] = "--data", argv[k++] = cfg->data;
-        else argv[k++] = "--ann", argv[k++] = cfg->ann, argv[k++] = "--images", argv[k++] = cfg->images;
-        if (cfg->num_classes) argv[k++] = "--num-classes", argv[k++] = ncls;
-        if (cfg->skip_bad_images) argv[k++] = "--skip-bad-images";
-        if (spawn(p, name, (char *const *)argv, err) < 0) goto fail;
-        if (i) strcat(list, ",");
-        strcat(list, loader_eps[i]);
+        if (data_pipeline_stage_argv(cfg, p->rundir, "loader", i, &sa, err) < 0 ||
+            spawn(p, name, (char *const *)sa.argv, err) < 0)
+            goto fail;
     }
     for (int i = 0; i < cfg->augmenters; i++) {
-        char sock[32];
-        snprintf(sock, sizeof sock, "aug%d.sock", i);
+        char name[16], sock[32];
         snprintf(name, sizeof name, "aug%d", i);
-        if (rundir_endpoint(p->rundir, sock, p->aug_eps[i], err) < 0) goto fail;
-        const char *argv[] = {aug_bin, "--loaders", list, "--listen", p->aug_eps[i], "--name",
-                              name, "--batch", batch, "--image-size", size, "--seed", seed,
-                              "--slots", slots, "--dtype", cfg->dtype ? cfg->dtype : "f32",
-                              "--hb-ms", hb, "--dead-ms", dead, NULL};
-        if (spawn(p, name, (char *const *)argv, err) < 0) goto fail;
+        snprintf(sock, sizeof sock, "aug%d.sock", i);
+        if (rundir_endpoint(p->rundir, sock, p->aug_eps[i], err) < 0 ||
+            data_pipeline_stage_argv(cfg, p->rundir, "augment", i, &sa, err) < 0 ||
+            spawn(p, name, (char *const *)sa.argv, err) < 0)
+            goto fail;
         p->aug_ptrs[i] = p->aug_eps[i];
         p->n_aug++;
     }
@@ -107,6 +206,17 @@ int data_pipeline_start(DataPipeline *p, const DataPipelineConfig *cfg, Err *err
 fail:
     data_pipeline_stop(p);
     return -1;
+}
+
+int data_pipeline_start(DataPipeline *p, const DataPipelineConfig *cfg, Err *err)
+{
+    if (cfg->loaders < 1 || cfg->loaders > DATA_PIPELINE_MAX || cfg->augmenters < 1 ||
+        cfg->augmenters > DATA_PIPELINE_MAX) {
+        memset(p, 0, sizeof *p);
+        return err_set(err, "--loaders and --augmenters must be in 1..%d", DATA_PIPELINE_MAX);
+    }
+    if (data_pipeline_open(p, err) < 0) return -1;
+    return data_pipeline_spawn(p, cfg, err);
 }
 
 int data_pipeline_check(DataPipeline *p, Err *err)

@@ -23,7 +23,23 @@ typedef struct DataPipelineConfig {
     const char *dtype;               /* "f32", "f16", "bf16" */
     int hb_ms, dead_ms;
     int aug_slots;
+    const char *report;              /* every stage's --report (stage reports); NULL: none */
 } DataPipelineConfig;
+
+/* One stage's command line: the strings live in buf, argv points into it. */
+enum { STAGE_ARGV_MAX = 48 };
+typedef struct StageArgv {
+    char buf[4096];
+    const char *argv[STAGE_ARGV_MAX];
+} StageArgv;
+
+/* The command line (argv[0] = the program beside the running effdet, NULL-terminated) of data
+ * stage `role` ("loader" or "augment") number i of a pipeline with run directory rundir, exactly
+ * as data_pipeline_start runs it (endpoints rundir/loader<i>.sock and rundir/aug<i>.sock; stage
+ * names loader<i> and aug<i>). A supervisor spawns and respawns stages with it: a restarted stage
+ * under the same name and endpoint is what the stage protocol recovers from (shared/stage.h). */
+int data_pipeline_stage_argv(const DataPipelineConfig *cfg, const char *rundir, const char *role,
+                             int i, StageArgv *out, Err *err);
 
 typedef struct DataPipeline {
     char rundir[RUNDIR_CAP];
@@ -36,6 +52,11 @@ typedef struct DataPipeline {
 } DataPipeline;
 
 int data_pipeline_start(DataPipeline *p, const DataPipelineConfig *cfg, Err *err);
+/* data_pipeline_start in two steps, for a caller that binds a socket of its own in the run
+ * directory before the stages start (a report listener: rundir_endpoint(p->rundir, ...)):
+ * open creates the run directory, spawn starts the stages; a failed spawn stops the pipeline. */
+int data_pipeline_open(DataPipeline *p, Err *err);
+int data_pipeline_spawn(DataPipeline *p, const DataPipelineConfig *cfg, Err *err);
 /* A child that has exited: -1 with err naming it and its status; 0 while all run. */
 int data_pipeline_check(DataPipeline *p, Err *err);
 /* data_pipeline_check for a callback taking void * (BatchStreamConfig.alive with the pipeline). */

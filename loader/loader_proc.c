@@ -157,7 +157,8 @@ int loader_run(const LoaderConfig *cfg, int stop_fd, LoaderCounts *counts, Err *
     StageServerConfig sc = {.endpoint = cfg->endpoint, .seg_tag = cfg->name,
                             .n_slots = cfg->slots ? cfg->slots : 8, .slot_bytes = slot_bytes,
                             .hb_ms = cfg->hb_ms, .limits = cfg->limits, .n_info = 2,
-                            .put_info = put_info, .app = &l};
+                            .put_info = put_info, .app = &l, .report = cfg->report,
+                            .role = "loader", .items_per_result = 1};
     rc = stage_server_init(&l.srv, zctx, &sc, err);
     if (rc == 0)
         log_info("loader %s: %zu images, %u slots of %zu bytes, on %s", cfg->name, l.ds.n_images,
@@ -166,7 +167,10 @@ int loader_run(const LoaderConfig *cfg, int stop_fd, LoaderCounts *counts, Err *
         if ((rc = stage_server_pump(&l.srv, err)) != 0) break;
         StageTask t;
         if (stage_server_next(&l.srv, &t)) {
+            /* Decode, copy and answer: the loader's work per image, its reported busy time. */
+            int64_t t0 = stage_now_ns();
             rc = serve(&l, &t, err);
+            stage_server_add_busy(&l.srv, stage_now_ns() - t0);
             continue;
         }
         int ready;

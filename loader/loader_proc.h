@@ -40,6 +40,7 @@ typedef struct LoaderConfig {
     uint32_t slots;            /* decoded images in flight */
     int skip_bad_images;
     int hb_ms;
+    const char *report;        /* stage reports go there (shared/stage.h); NULL: none */
     WireLimits limits;
 } LoaderConfig;
 

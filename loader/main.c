@@ -3,6 +3,9 @@
  *
  *   effdet-loader (--data DIR | --ann FILE --images DIR) --listen ENDPOINT [--name NAME]
  *                 [--slots N] [--num-classes N] [--skip-bad-images] [--hb-ms MS]
+ *                 [--report ENDPOINT]
+ *
+ * --report: stage reports (throughput, liveness; shared/stage.h) are pushed there every hb_ms.
  *
  * Exit status: 0 after SIGINT/SIGTERM, 1 for a dataset or socket that cannot be opened (one line on
  * stderr), 2 for bad flags. */
@@ -18,7 +21,7 @@
 
 static const char USAGE[] =
     "usage: effdet-loader (--data DIR | --ann FILE --images DIR) --listen ENDPOINT [--name NAME] "
-    "[--slots N] [--num-classes N] [--skip-bad-images] [--hb-ms MS]";
+    "[--slots N] [--num-classes N] [--skip-bad-images] [--hb-ms MS] [--report ENDPOINT]";
 
 static int usage_error(const char *what) { return flags_usage_error("effdet-loader", USAGE, what); }
 
@@ -30,6 +33,7 @@ int main(int argc, char **argv)
         {"name", required_argument, NULL, 'n'},  {"slots", required_argument, NULL, 's'},
         {"num-classes", required_argument, NULL, 'c'},
         {"skip-bad-images", no_argument, NULL, 'k'}, {"hb-ms", required_argument, NULL, 'b'},
+        {"report", required_argument, NULL, 'r'},
         {"help", no_argument, NULL, 'h'},        {NULL, 0, NULL, 0},
     };
     LoaderConfig cfg = {.name = "loader0", .slots = 8, .limits = wire_limits_default()};
@@ -45,6 +49,7 @@ int main(int argc, char **argv)
         case 'l': cfg.endpoint = optarg; break;
         case 'n': cfg.name = optarg; break;
         case 'k': cfg.skip_bad_images = 1; break;
+        case 'r': cfg.report = optarg; break;
         case 's':
             if (flags_long(optarg, 1, 4096, &v)) return usage_error("--slots must be in 1..4096");
             cfg.slots = (uint32_t)v;

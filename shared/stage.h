@@ -39,7 +39,28 @@
  *                         credit {inc, to, slot}; hb {inc}
  *   producer -> consumer: welcome {inc, segment, slots, slot_bytes, + info fields};
  *                         done {inc, key, slot, + result fields}; fail {inc, key, error}; hb {inc}
- * ("to" is the producer incarnation a request or credit is meant for.) */
+ * ("to" is the producer incarnation a request or credit is meant for.)
+ *
+ * Stage reports (optional, producer -> whoever listens; StageServerConfig.report). A producer
+ * with a report endpoint connects a PUSH socket there and sends, at start and then every
+ * report_ms (default hb_ms), one map:
+ *   stage_report {role str ("loader", "augment"), name str (its seg_tag: "loader0", "aug0"),
+ *                 pid uint, inc uint (its incarnation), t_s f64 (seconds since it started),
+ *                 done uint (results finished since start), failed uint,
+ *                 items_per_result uint (images per result: 1 for a loader, the batch size for
+ *                 an augmenter), busy_s f64 (seconds spent computing results since start),
+ *                 queued uint (requests waiting), slots_busy uint (working or held),
+ *                 slots_held uint (results delivered, not yet handed back), slots uint}
+ * Its capacity is done * items_per_result / busy_s images per second per process, and
+ * busy_s / t_s how much of its time it computes. busy_s is measured by the process itself
+ * (stage_server_add_busy): a loader counts decoding a request, an augmenter transforming and
+ * packing samples, not the time a batch waits for its loaders (several batches wait at once, so
+ * wall time between next and finish would count one second several times). Reports never slow a
+ * stage: the socket has a small high-water mark, linger 0 and non-blocking sends, so a missing or
+ * slow listener only loses reports (each is a complete picture; counters are cumulative, so a lost
+ * one costs nothing but resolution). A listener tells restarts apart by inc. slots_held of an
+ * augmenter is the number of batches finished and not yet given back by the worker: its queue
+ * (plus the batch it trains on). */
 #ifndef EFFDET_STAGE_H
 #define EFFDET_STAGE_H
 
@@ -64,6 +85,7 @@ enum {
 };
 
 int64_t stage_now_ms(void);       /* CLOCK_MONOTONIC */
+int64_t stage_now_ns(void);       /* CLOCK_MONOTONIC */
 uint64_t stage_incarnation(void); /* random, never 0 */
 
 /* ---- producer side ------------------------------------------------------------------------- */
@@ -96,6 +118,12 @@ typedef struct StageServerConfig {
     uint32_t n_info;
     void (*put_info)(void *app, WireWriter *w);
     void *app;
+    /* Stage reports (see the top of this file): the endpoint to connect to (NULL: none), the
+     * role named in them, their period (0: hb_ms) and the images in one result (0: 1). */
+    const char *report;
+    const char *role;
+    int report_ms;
+    uint32_t items_per_result;
 } StageServerConfig;
 
 typedef enum { SLOT_FREE = 0, SLOT_WORKING, SLOT_HELD } StageSlotState;
@@ -114,6 +142,11 @@ typedef struct StageServer {
     uint64_t *slot_inc;  /* (n_slots) holder's incarnation */
     /* counters, for logs and tests */
     uint64_t n_done, n_failed, n_stale, n_malformed, n_released;
+    /* reports: the socket (closed when cfg.report is NULL), start, last send, busy time */
+    ZmqSocket report_sock;
+    int64_t start_ns, last_report_ms;
+    int64_t busy_ns;
+    uint64_t n_reports, n_reports_dropped;
 } StageServer;
 
 /* One request being worked on: its slot is reserved until stage_server_finish or _fail. */
@@ -149,6 +182,11 @@ int stage_server_fail(StageServer *s, StageTask *t, const char *error, Err *err)
 void stage_server_release_client(StageServer *s, const char *name);
 /* Slots not free (working or held). */
 uint32_t stage_server_busy(const StageServer *s);
+/* Adds ns nanoseconds (stage_now_ns differences) of computing results to the reported busy_s. */
+void stage_server_add_busy(StageServer *s, int64_t ns);
+/* Sends a stage report now (stage_server_pump sends them when due); nothing without cfg.report.
+ * A report the socket has no room for is dropped and counted, never waited for. */
+void stage_server_report(StageServer *s);
 
 /* ---- consumer side ------------------------------------------------------------------------- */
 

@@ -24,6 +24,13 @@ int64_t stage_now_ms(void)
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
+int64_t stage_now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
 uint64_t stage_incarnation(void)
 {
     uint64_t v = 0;
@@ -214,6 +221,62 @@ static void on_credit(StageServer *s, const WireMsg *m, int ci, const uint8_t *i
     slot_free(s, (uint32_t)slot);
 }
 
+/* ---- reports ------------------------------------------------------------------------------- */
+
+/* Reports hold a few at most: a listener that fell behind wants the newest figures, and the
+ * counters are cumulative, so dropping older ones loses nothing a later one does not say. */
+enum { REPORT_HWM = 4 };
+
+static int report_open(StageServer *s, void *zctx, Err *err)
+{
+    /* linger 0: a stage stopping never waits for a listener that is gone. */
+    ZmqSocketConfig zc = {.type = ZMQ_PUSH, .max_msg_bytes = 4096, .linger_ms = 0,
+                          .hwm = REPORT_HWM};
+    if (zmq_util_connect(&s->report_sock, zctx, &zc, s->cfg.report, err) < 0) return -1;
+    if (!s->cfg.role) s->cfg.role = "stage";
+    if (!s->cfg.report_ms) s->cfg.report_ms = s->cfg.hb_ms;
+    if (!s->cfg.items_per_result) s->cfg.items_per_result = 1;
+    return 0;
+}
+
+void stage_server_report(StageServer *s)
+{
+    if (!s->report_sock.sock) return;
+    int64_t now = stage_now_ns();
+    WireWriter w;
+    uint32_t held = 0;
+    for (uint32_t i = 0; i < s->seg.n_slots; i++) held += s->slot_state[i] == SLOT_HELD;
+    wire_writer_init(&w, "stage_report", 13);
+    wire_put_str(&w, "role", s->cfg.role);
+    wire_put_str(&w, "name", s->cfg.seg_tag);
+    wire_put_uint(&w, "pid", (uint64_t)getpid());
+    wire_put_uint(&w, "inc", s->inc);
+    wire_put_f64(&w, "t_s", (double)(now - s->start_ns) * 1e-9);
+    wire_put_uint(&w, "done", s->n_done);
+    wire_put_uint(&w, "failed", s->n_failed);
+    wire_put_uint(&w, "items_per_result", s->cfg.items_per_result);
+    wire_put_f64(&w, "busy_s", (double)s->busy_ns * 1e-9);
+    wire_put_uint(&w, "queued", s->q_len);
+    wire_put_uint(&w, "slots_busy", stage_server_busy(s));
+    wire_put_uint(&w, "slots_held", held);
+    wire_put_uint(&w, "slots", s->seg.n_slots);
+    size_t len;
+    const void *data = wire_writer_data(&w, &len);
+    Err err;
+    /* Timeout 0: one try. AGAIN (no room: nobody listens, or too slowly) drops this report. */
+    int rc = zmq_util_send(&s->report_sock, data, len, 0, &err);
+    if (rc == 0) s->n_reports++;
+    else s->n_reports_dropped++;
+    if (rc < 0 && s->n_reports_dropped == 1) log_warn("stage report: %s", err.msg);
+    wire_writer_free(&w);
+    s->last_report_ms = now / 1000000;
+}
+
+void stage_server_add_busy(StageServer *s, int64_t ns)
+{
+    if (ns > 0) s->busy_ns += ns;
+}
+
 /* ---- public -------------------------------------------------------------------------------- */
 
 int stage_server_init(StageServer *s, void *zctx, const StageServerConfig *cfg, Err *err)
@@ -223,6 +286,7 @@ int stage_server_init(StageServer *s, void *zctx, const StageServerConfig *cfg, 
     if (!s->cfg.queue_cap) s->cfg.queue_cap = 1024;
     if (!s->cfg.hb_ms) s->cfg.hb_ms = STAGE_HB_MS;
     s->inc = stage_incarnation();
+    s->start_ns = stage_now_ns();
     ZmqSocketConfig zc = {.type = ZMQ_ROUTER,
                           .max_msg_bytes = (int64_t)cfg->limits.max_msg_bytes,
                           .linger_ms = 0};
@@ -255,6 +319,13 @@ int stage_server_init(StageServer *s, void *zctx, const StageServerConfig *cfg, 
         return err_set(err, "%s: out of memory for %u slots", cfg->endpoint, cfg->n_slots);
     }
     for (uint32_t i = 0; i < cfg->n_slots; i++) slot_free(s, i);
+    if (cfg->report) {
+        if (report_open(s, zctx, err) < 0) {
+            stage_server_free(s);
+            return -1;
+        }
+        stage_server_report(s); /* at once: a listener learns of a (re)start without waiting */
+    }
     return 0;
 }
 
@@ -270,6 +341,7 @@ void stage_server_free(StageServer *s)
     free(s->slot_state), free(s->slot_client), free(s->slot_inc);
     s->slot_state = NULL, s->slot_client = NULL, s->slot_inc = NULL;
     zmq_util_close(&s->sock);
+    zmq_util_close(&s->report_sock);
     shm_segment_close(&s->seg);
 }
 
@@ -319,6 +391,7 @@ int stage_server_pump(StageServer *s, Err *err)
     for (int i = 0; i < s->n_clients; i++)
         if (s->clients[i].live && now - s->clients[i].last_sent_ms >= s->cfg.hb_ms)
             server_hb(s, i, NULL, 0);
+    if (s->report_sock.sock && now - s->last_report_ms >= s->cfg.report_ms) stage_server_report(s);
     return 0;
 }
 
