@@ -3,6 +3,7 @@
 #   make test       build and run the test suite (what CI runs)
 #   make bench      build and run the CPU benchmarks (prints figures)
 #   make bench-data the data pipeline's benchmarks alone
+#   make demo       the README's main job: installs what it needs, builds, trains on a synthetic set
 #   make clean      remove build/
 #   make SAN=1 test the same with AddressSanitizer + UBSan (objects in build/san/)
 # CUDA objects (kernels/cuda/*.cu) build whenever nvcc and cuDNN are found, GPU or not; without them
@@ -26,7 +27,7 @@ ARCH ?= $(shell grep -qw avx2 /proc/cpuinfo 2>/dev/null && echo -march=x86-64-v3
 
 BLAS_DIR := /usr/lib/x86_64-linux-gnu/openblas-openmp
 BLAS_INC := /usr/include/x86_64-linux-gnu/openblas-openmp
-PKGS := msgpack libzmq libturbojpeg libuv libcjson
+PKGS := msgpack libzmq libturbojpeg libuv libcjson libpng
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 
@@ -87,7 +88,7 @@ GPU_TEST_BINS := $(GPU_TEST_SRCS:tests/%.c=$(BUILD)/tests/%)
 
 FIXTURES ?= $(abspath ../shared/fixtures)
 
-.PHONY: all test test-gpu bench bench-data clean
+.PHONY: all test test-gpu bench bench-data demo clean
 # Keep the process mains' objects (pattern-rule intermediates) so relinks don't recompile them.
 .SECONDARY:
 all: $(PROGS) $(TEST_BINS) $(BENCH_BINS) $(TOOL_BINS) $(GPU_TEST_BINS) $(CUDA_SO)
@@ -131,6 +132,13 @@ test-gpu: all
 
 bench: all
 	@EFFDET_BIN=$(abspath $(BUILD)/bin) EFFDET_FIXTURES=$(FIXTURES) bash tests/bench/run.sh
+
+# The README's main job on a fresh machine: the dependencies (apt-get, nothing when present), the
+# build (a second make, so that pkg-config sees what was just installed), then `effdet demo`.
+demo:
+	bash scripts/deps.sh
+	$(MAKE) -j2 all
+	$(BUILD)/bin/effdet demo
 
 # The data pipeline alone (also part of `make bench`).
 bench-data: all

@@ -3,7 +3,7 @@
 # commands and by .ci/run. Idempotent: it skips apt entirely when everything is already present.
 set -eu
 pkgs="build-essential pkg-config libzmq3-dev libmsgpack-dev libturbojpeg0-dev libjpeg62-turbo-dev
-      libuv1-dev libcjson-dev libopenblas-openmp-dev libcmocka-dev valgrind"
+      libuv1-dev libcjson-dev libpng-dev libopenblas-openmp-dev libcmocka-dev valgrind"
 missing=""
 for p in $pkgs; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
