@@ -31,147 +31,36 @@
  * SIGTERM: the step in flight finishes, a checkpoint is written, the process exits 130; --resume
  * PATH (a checkpoint, or the run directory for its newest checkpoint)
  * continues exactly (same weights, EMA, momentum and data order as a run never stopped).
- * The coordinator (workers, evaluator, supervision) is to replace this loop. */
+ *
+ * With --loaders N --augmenters M (and --devices) the run is a pipeline under the coordinator
+ * (launch/train_topology.c): this file then also holds the worker process, `effdet worker`: the
+ * same command line plus --rank/--world/--connect/--coord/--comm, training on its slice of each
+ * global batch from the augmenters' shared memory, reporting each step to the coordinator, rank 0
+ * writing checkpoints and the EMA snapshot of each evaluated epoch. */
 #include <errno.h>
-#include <getopt.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "launch/cli.h"
 #include "launch/commands.h"
 #include "launch/data_pipeline.h"
+#include "launch/train_args.h"
 #include "launch/train_eval.h"
+#include "launch/train_topology.h"
 #include "loader/train_sample.h"
 #include "shared/check.h"
 #include "shared/log.h"
+#include "shared/stop_signal.h"
+#include "shared/wire.h"
+#include "shared/zmq_util.h"
 #include "worker/batch_stream.h"
+#include "worker/comm.h"
 #include "worker/trainer.h"
-
-static const char *USAGE =
-    "effdet train --data DIR | --ann FILE --images DIR --model NAME [--num-classes N] "
-    "[--image-size HxW] [--batch-size B] [--epochs E] [--lr LR] [--warmup-epochs W] "
-    "[--no-model-ema] [--model-ema-decay D] [--seed S] [--output DIR] [--resume PATH] "
-    "[--initial-checkpoint FILE] [--keep K] [--eval-interval E] [--skip-bad-images] "
-    "[--log-interval N] [--checkpoint-interval E] [--bn-momentum M] [--smoothing S] [--remove-weights PREFIX...] "
-    "[--freeze-layers PREFIX...] [--head-only] [--pretrained-backbone FILE] [--device D] [--tf32] "
-    "[--loaders N --augmenters M]";
-
-/* The one piece of global state STYLE allows: set by the signal handler, read between steps. */
-static volatile sig_atomic_t stop_requested;
-static void on_signal(int sig) { stop_requested = sig; }
-
-typedef struct TrainArgs {
-    const char *data, *ann, *images, *model, *output, *resume, *initial, *device, *backbone;
-    long num_classes, batch, epochs, seed, keep, eval_interval, log_interval, ckpt_interval;
-    long loaders, augmenters; /* 0: decode in this process */
-    double lr, warmup_epochs, ema_decay, bn_momentum, smoothing;
-    int h, w, ema, skip_bad, head_only, tf32;
-    const char *freeze[TRAIN_MAX_PREFIXES], *remove[TRAIN_MAX_PREFIXES];
-    int n_freeze, n_remove;
-    char ann_buf[1024];
-} TrainArgs;
-
-/* A flag taking one or more values (argparse's nargs='+'): optarg, then every following argument
- * up to the next one starting with '-'. */
-static int parse_list(const char *flag, int argc, char **argv, const char **list, int *n, Err *err)
-{
-    const char *v = optarg;
-    for (;;) {
-        if (*n == TRAIN_MAX_PREFIXES) return err_set(err, "%s: more than %d prefixes", flag, TRAIN_MAX_PREFIXES);
-        if (!*v || strlen(v) >= TRAIN_PREFIX_CAP)
-            return err_set(err, "%s: prefix '%s' is empty or longer than %d characters", flag, v,
-                           TRAIN_PREFIX_CAP - 1);
-        list[(*n)++] = v;
-        if (optind >= argc || argv[optind][0] == '-') return 0;
-        v = argv[optind++];
-    }
-}
-
-static int parse(int argc, char **argv, TrainArgs *a, Err *err)
-{
-    enum { O_NOEMA = 256, O_EMA, O_SKIP, O_REMOVE, O_FREEZE, O_HEAD_ONLY, O_BACKBONE, O_LOADERS,
-           O_AUGMENTERS, O_TF32 };
-    static const struct option opts[] = {
-        {"data", required_argument, 0, 'D'}, {"ann", required_argument, 0, 'A'},
-        {"images", required_argument, 0, 'I'}, {"model", required_argument, 0, 'm'},
-        {"num-classes", required_argument, 0, 'n'}, {"image-size", required_argument, 0, 's'},
-        {"batch-size", required_argument, 0, 'b'}, {"epochs", required_argument, 0, 'e'},
-        {"lr", required_argument, 0, 'l'}, {"warmup-epochs", required_argument, 0, 'W'},
-        {"model-ema", no_argument, 0, O_EMA}, {"no-model-ema", no_argument, 0, O_NOEMA},
-        {"model-ema-decay", required_argument, 0, 'E'}, {"seed", required_argument, 0, 'S'},
-        {"output", required_argument, 0, 'o'}, {"resume", required_argument, 0, 'r'},
-        {"initial-checkpoint", required_argument, 0, 'i'}, {"keep", required_argument, 0, 'k'},
-        {"eval-interval", required_argument, 0, 'v'}, {"skip-bad-images", no_argument, 0, O_SKIP},
-        {"log-interval", required_argument, 0, 'L'}, {"device", required_argument, 0, 'd'},
-        {"checkpoint-interval", required_argument, 0, 'c'},
-        {"bn-momentum", required_argument, 0, 'B'},
-        {"smoothing", required_argument, 0, 'Z'},
-        {"remove-weights", required_argument, 0, O_REMOVE},
-        {"freeze-layers", required_argument, 0, O_FREEZE},
-        {"head-only", no_argument, 0, O_HEAD_ONLY},
-        {"pretrained-backbone", required_argument, 0, O_BACKBONE},
-        {"loaders", required_argument, 0, O_LOADERS},
-        {"augmenters", required_argument, 0, O_AUGMENTERS},
-        {"tf32", no_argument, 0, O_TF32},
-        {0, 0, 0, 0}};
-    *a = (TrainArgs){.model = "tf_efficientdet_d0", .output = "effdet-train", .device = "cpu",
-                     .batch = 8, .epochs = 10, .seed = 42, .keep = 3, .eval_interval = 0,
-                     .log_interval = 10, .ckpt_interval = 1, .lr = 0.08, .warmup_epochs = 1.0, .ema_decay = 0.9998,
-                     .ema = 1};
-    int opt;
-    optind = 1;
-    while ((opt = getopt_long(argc, argv, "", opts, NULL)) != -1) {
-        switch (opt) {
-        case 'D': a->data = optarg; break;
-        case 'A': a->ann = optarg; break;
-        case 'I': a->images = optarg; break;
-        case 'm': a->model = optarg; break;
-        case 'n': if (cli_parse_int("--num-classes", optarg, 1, 100000, &a->num_classes, err)) return -1; break;
-        case 's': if (cli_parse_hw("--image-size", optarg, &a->h, &a->w, err)) return -1; break;
-        case 'b': if (cli_parse_int("--batch-size", optarg, 1, 4096, &a->batch, err)) return -1; break;
-        case 'e': if (cli_parse_int("--epochs", optarg, 1, 1000000, &a->epochs, err)) return -1; break;
-        case 'l': if (cli_parse_float("--lr", optarg, 0, 1e9, &a->lr, err)) return -1; break;
-        case 'W': if (cli_parse_float("--warmup-epochs", optarg, 0, 1e6, &a->warmup_epochs, err)) return -1; break;
-        case O_EMA: a->ema = 1; break;
-        case O_NOEMA: a->ema = 0; break;
-        case 'E': if (cli_parse_float("--model-ema-decay", optarg, 0, 1, &a->ema_decay, err)) return -1; break;
-        case 'S': if (cli_parse_int("--seed", optarg, 0, 1L << 62, &a->seed, err)) return -1; break;
-        case 'o': a->output = optarg; break;
-        case 'r': a->resume = optarg; break;
-        case 'i': a->initial = optarg; break;
-        case 'k': if (cli_parse_int("--keep", optarg, 1, 1000, &a->keep, err)) return -1; break;
-        case 'v': if (cli_parse_int("--eval-interval", optarg, 0, 1000000, &a->eval_interval, err)) return -1; break;
-        case O_SKIP: a->skip_bad = 1; break;
-        case 'L': if (cli_parse_int("--log-interval", optarg, 1, 1000000, &a->log_interval, err)) return -1; break;
-        case 'd': a->device = optarg; break;
-        case O_TF32: a->tf32 = 1; break;
-        case 'Z': if (cli_parse_float("--smoothing", optarg, 0, 1, &a->smoothing, err)) return -1; break;
-        case 'B': if (cli_parse_float("--bn-momentum", optarg, 1e-6, 1, &a->bn_momentum, err)) return -1; break;
-        case 'c': if (cli_parse_int("--checkpoint-interval", optarg, 1, 1000000, &a->ckpt_interval, err)) return -1; break;
-        case O_REMOVE: if (parse_list("--remove-weights", argc, argv, a->remove, &a->n_remove, err)) return -1; break;
-        case O_FREEZE: if (parse_list("--freeze-layers", argc, argv, a->freeze, &a->n_freeze, err)) return -1; break;
-        case O_HEAD_ONLY: a->head_only = 1; break;
-        case O_BACKBONE: a->backbone = optarg; break;
-        case O_LOADERS: if (cli_parse_int("--loaders", optarg, 1, DATA_PIPELINE_MAX, &a->loaders, err)) return -1; break;
-        case O_AUGMENTERS: if (cli_parse_int("--augmenters", optarg, 1, DATA_PIPELINE_MAX, &a->augmenters, err)) return -1; break;
-        default: return err_set(err, "unknown option (usage: %s)", USAGE);
-        }
-    }
-    if (optind != argc) return err_set(err, "unexpected argument '%s' (usage: %s)", argv[optind], USAGE);
-    if (!a->data && !(a->ann && a->images))
-        return err_set(err, "a dataset is required: --data DIR or --ann FILE --images DIR");
-    if (!a->loaders != !a->augmenters)
-        return err_set(err, "--loaders and --augmenters go together (the data stages as processes)");
-    if (a->backbone && strlen(a->backbone) >= TRAIN_PATH_CAP)
-        return err_set(err, "--pretrained-backbone: path longer than %d characters", TRAIN_PATH_CAP - 1);
-    if (a->data) snprintf(a->ann_buf, sizeof a->ann_buf, "%s/annotations.json", a->data);
-    else snprintf(a->ann_buf, sizeof a->ann_buf, "%s", a->ann);
-    return 0;
-}
 
 typedef struct Run {
     TrainArgs a;
@@ -185,22 +74,28 @@ typedef struct Run {
     uint8_t *crowd;
     size_t steps_per_epoch;
     double best_map;
-    /* --loaders/--augmenters: the data stages and the stream of their batches */
-    DataPipeline pipe;
+    int stop_fd;          /* SIGINT/SIGTERM (shared/stop_signal.h) */
+    /* A worker process: the augmenters' batches, the collectives, the coordinator's socket. */
+    int worker;
     void *zctx;
     BatchStream bs;
-    int piped;
+    int streaming;
+    Comm *comm;
+    ZmqSocket coord;
+    char aug_eps[DATA_PIPELINE_MAX][ZMQ_UTIL_ENDPOINT_CAP]; /* BatchStream keeps pointers to them */
+    const char *aug_ptrs[DATA_PIPELINE_MAX];
 } Run;
 
 static void run_free(Run *r)
 {
-    if (r->piped) {
-        batch_stream_free(&r->bs);
-        zmq_util_ctx_term(r->zctx);
-        data_pipeline_stop(&r->pipe);
-        r->piped = 0;
-    }
+    if (r->streaming) batch_stream_free(&r->bs);
+    r->streaming = 0;
+    zmq_util_close(&r->coord);
+    zmq_util_ctx_term(r->zctx);
+    r->zctx = NULL;
     trainer_free(&r->t);
+    comm_close(r->comm);
+    r->comm = NULL;
     train_sampler_free(&r->sampler);
     dataset_free(&r->ds);
     free(r->images), free(r->targets), free(r->boxes), free(r->classes), free(r->crowd);
@@ -209,46 +104,40 @@ static void run_free(Run *r)
 static int run_init(Run *r, Err *err)
 {
     const TrainArgs *a = &r->a;
-    int rc = a->data ? dataset_open_dir(&r->ds, a->data, (int)a->num_classes, err)
-                     : dataset_open(&r->ds, a->ann, a->images, (int)a->num_classes, err);
-    if (rc != 0) return -1;
+    if (train_args_open_dataset(a, 0, &r->ds, err) != 0) return -1;
     char report[512];
     dataset_report(&r->ds, report, sizeof report);
-    log_info("%s", report);
+    if (!r->worker || a->rank == 0) log_info("%s", report);
     ModelConfig cfg;
     if (model_config_get(a->model, r->ds.num_classes, &cfg, err) != 0) return -1;
-    int h = a->h ? a->h : cfg.image_h, w = a->w ? a->w : cfg.image_w;
-    TrainSampleConfig sc = {.height = h, .width = w, .seed = (uint64_t)a->seed, .hflip = 1,
+    TrainSettings s;
+    train_args_settings(a, &cfg, r->ds.num_classes, r->ds.n_images, (int)a->world, &s, &r->steps_per_epoch);
+    if (r->worker && a->n_devices) {
+        if (a->rank >= a->n_devices)
+            return err_set(err, "--rank %ld: only %d --devices", a->rank, a->n_devices);
+        r->a.device = r->a.devices[a->rank];
+    }
+    if (trainer_init(&r->t, &s, r->a.device, a->initial, err) != 0) return -1;
+    r->best_map = -1;
+    if (r->worker) return 0; /* batches come from the augmenters' shared memory */
+    TrainSampleConfig sc = {.height = s.h, .width = s.w, .seed = (uint64_t)a->seed, .hflip = 1,
                             .skip_corrupt = a->skip_bad};
     if (train_sampler_init(&r->sampler, &r->ds, &sc, err) != 0) return -1;
-    r->steps_per_epoch = train_batches_per_epoch(r->ds.n_images, (int)a->batch);
-    TrainSettings s;
-    train_settings_default(&s, cfg.name, r->ds.num_classes, (int)a->batch, h, w);
-    s.lr = a->lr * a->batch / 64.0;
-    s.warmup_lr = s.lr / 10;
-    s.warmup_steps = (long)(a->warmup_epochs * r->steps_per_epoch);
-    s.total_steps = a->epochs * (long)r->steps_per_epoch;
-    s.ema = a->ema, s.ema_decay = a->ema_decay, s.seed = (uint64_t)a->seed;
-    s.bn_momentum = a->bn_momentum;
-    s.tf32 = a->tf32;
-    s.label_smoothing = a->smoothing;
-    for (int i = 0; i < a->n_freeze; i++) snprintf(s.freeze[i], sizeof s.freeze[i], "%s", a->freeze[i]);
-    for (int i = 0; i < a->n_remove; i++)
-        snprintf(s.remove_weights[i], sizeof s.remove_weights[i], "%s", a->remove[i]);
-    s.n_freeze = a->n_freeze, s.n_remove_weights = a->n_remove, s.head_only = a->head_only;
-    if (a->backbone) snprintf(s.pretrained_backbone, sizeof s.pretrained_backbone, "%s", a->backbone);
-    if (trainer_init(&r->t, &s, a->device, a->initial, err) != 0) return -1;
-    r->best_map = -1;
-    if (a->loaders) return 0; /* batches come from the data stages' shared memory */
     size_t B = (size_t)a->batch, M = DATASET_MAX_INSTANCES;
-    r->images = malloc(B * h * w * 3 * sizeof(float));
+    r->images = malloc(B * s.h * s.w * 3 * sizeof(float));
     r->targets = malloc(B * sizeof *r->targets);
     r->boxes = malloc(B * M * 4 * sizeof(float));
     r->classes = malloc(B * M * sizeof(int32_t));
     r->crowd = malloc(B * M);
     if (!r->images || !r->targets || !r->boxes || !r->classes || !r->crowd)
-        return err_set(err, "train: out of memory for batch %ld at %dx%d", a->batch, h, w);
-    r->best_map = -1;
+        return err_set(err, "train: out of memory for batch %ld at %dx%d", a->batch, s.h, s.w);
+    return 0;
+}
+
+static int save_to(Run *r, const char *path, long epoch, Err *err)
+{
+    if (trainer_save(&r->t, path, epoch, err) != 0) return -1;
+    log_info("checkpoint %s", path);
     return 0;
 }
 
@@ -256,11 +145,11 @@ static int save(Run *r, long epoch, Err *err)
 {
     char path[1200];
     snprintf(path, sizeof path, "%s/checkpoint-%ld.safetensors", r->a.output, r->t.step);
-    if (trainer_save(&r->t, path, epoch, err) != 0) return -1;
-    log_info("checkpoint %s", path);
+    if (save_to(r, path, epoch, err) != 0) return -1;
     return checkpoint_prune(r->a.output, (int)r->a.keep, err);
 }
 
+/* In-process evaluation (single-process training): the workers' runs evaluate asynchronously. */
 static int evaluate(Run *r, long epoch, Err *err)
 {
     float *params, *buffers;
@@ -294,84 +183,278 @@ static void gather_targets(Run *r)
     }
 }
 
-/* The data stages, asked for batches from the trainer's position on (after a resume too). */
-static int pipe_start(Run *r, Err *err)
+/* ---- the worker process's links: augmenters, collectives, coordinator ----------------------- */
+
+static void send_coord(Run *r, WireWriter *w)
+{
+    size_t len;
+    const void *data = wire_writer_data(w, &len);
+    Err err;
+    /* A coordinator that cannot take a message in 1 s is gone or stuck: the step goes on. */
+    if (zmq_util_send(&r->coord, data, len, 1000, &err) < 0) log_warn("%s", err.msg);
+    wire_writer_free(w);
+}
+
+static void send_simple(Run *r, const char *type)
+{
+    WireWriter w;
+    wire_writer_init(&w, type, 2);
+    wire_put_uint(&w, "rank", (uint64_t)r->a.rank);
+    wire_put_uint(&w, "step", (uint64_t)r->t.step);
+    send_coord(r, &w);
+}
+
+/* A worker's error goes to the coordinator, which ends the run with it as its one line; 0 when
+ * sent (the worker then prints nothing), -1 when there is no coordinator to tell. */
+static int send_error(Run *r, const char *what)
+{
+    if (!r->coord.sock) return -1;
+    WireWriter w;
+    wire_writer_init(&w, "error", 2);
+    wire_put_uint(&w, "rank", (uint64_t)r->a.rank);
+    wire_put_str(&w, "what", what);
+    size_t len;
+    const void *data = wire_writer_data(&w, &len);
+    Err err;
+    int rc = zmq_util_send(&r->coord, data, len, 1000, &err);
+    wire_writer_free(&w);
+    return rc == 0 ? 0 : -1;
+}
+
+static int worker_connect(Run *r, Err *err)
 {
     const TrainArgs *a = &r->a;
-    DataPipelineConfig pc = {.data = a->data, .ann = a->ann, .images = a->images,
-                             .num_classes = (int)a->num_classes, .loaders = (int)a->loaders,
-                             .augmenters = (int)a->augmenters, .batch = (int)a->batch,
-                             .height = r->t.s.h, .width = r->t.s.w, .seed = (uint64_t)a->seed,
-                             .skip_bad_images = a->skip_bad, .aug_slots = 2};
-    if (data_pipeline_start(&r->pipe, &pc, err) < 0) return -1;
-    r->piped = 1;
     if (!(r->zctx = zmq_util_ctx_new(err))) return -1;
+    ZmqSocketConfig sc = {.type = ZMQ_PUSH, .max_msg_bytes = -1, .linger_ms = 2000};
+    if (zmq_util_connect(&r->coord, r->zctx, &sc, a->coord, err) != 0) return -1;
+    if (a->world > 1) {
+        r->comm = comm_shm_open(a->comm, (int)a->rank, (int)a->world, r->t.model.table.n_params,
+                                (int)(a->hang_s * 1000), err);
+        if (!r->comm || trainer_set_comm(&r->t, r->comm, a->sync_bn, err) != 0) return -1;
+    }
+    char (*eps)[ZMQ_UTIL_ENDPOINT_CAP] = r->aug_eps;
+    const char **ptrs = r->aug_ptrs;
+    int n = 0;
+    for (const char *p = a->connect; *p;) {
+        if (n == DATA_PIPELINE_MAX) return err_set(err, "--connect: more than %d endpoints", DATA_PIPELINE_MAX);
+        const char *end = strchr(p, ',');
+        size_t len = end ? (size_t)(end - p) : strlen(p);
+        if (!len || len >= ZMQ_UTIL_ENDPOINT_CAP) return err_set(err, "--connect: bad endpoint list");
+        memcpy(eps[n], p, len), eps[n][len] = 0, ptrs[n] = eps[n], n++;
+        p += len + (end ? 1 : 0);
+    }
     long spe = (long)r->steps_per_epoch;
-    BatchStreamConfig bc = {.name = "worker0", .augmenters = r->pipe.aug_ptrs,
-                            .n_augmenters = r->pipe.n_aug, .window = 2, .batch = (int)a->batch,
-                            .height = r->t.s.h, .width = r->t.s.w, .seed = (uint64_t)a->seed,
-                            .train = 1, .rank = 0, .world = 1,
-                            .epoch = (uint32_t)(r->t.step / spe),
+    char name[32];
+    snprintf(name, sizeof name, "worker%ld", a->rank);
+    BatchStreamConfig bc = {.name = name, .augmenters = ptrs, .n_augmenters = n, .window = 2,
+                            .batch = (int)a->batch, .height = r->t.s.h, .width = r->t.s.w,
+                            .seed = (uint64_t)a->seed, .train = 1, .rank = (int)a->rank,
+                            .world = (int)a->world, .epoch = (uint32_t)(r->t.step / spe),
                             .first_batch = (uint64_t)(r->t.step % spe),
-                            .limits = wire_limits_default(), .alive = data_pipeline_alive,
-                            .alive_arg = &r->pipe};
+                            .limits = wire_limits_default()};
     if (batch_stream_init(&r->bs, r->zctx, &bc, err) < 0) return -1;
-    int rc = batch_stream_start(&r->bs, -1, err);
-    if (rc != 0) return rc < 0 ? -1 : err_set(err, "the data stages stopped before the first batch");
+    r->streaming = 1;
+    WireWriter w;
+    wire_writer_init(&w, "hello", 3);
+    wire_put_uint(&w, "rank", (uint64_t)a->rank);
+    wire_put_uint(&w, "pid", (uint64_t)getpid());
+    wire_put_uint(&w, "step", (uint64_t)r->t.step);
+    send_coord(r, &w);
+    int rc = batch_stream_start(&r->bs, r->stop_fd, err);
+    if (rc != 0) return rc < 0 ? -1 : err_set(err, "stopped before the first batch");
     if (r->bs.batches_per_epoch != r->steps_per_epoch || r->bs.n_images != r->ds.n_images)
         return err_set(err, "the loaders see %llu images, this process %zu",
                        (unsigned long long)r->bs.n_images, r->ds.n_images);
     return 0;
 }
 
+static void send_step(Run *r, const Batch *bt, const TrainStats *st, double img_s)
+{
+    int64_t idx[BATCH_STREAM_MAX];
+    size_t n = 0;
+    uint64_t replaced = 0;
+    for (int j = 0; j < r->a.batch; j++) {
+        if (!bt->valid[j]) continue;
+        if (bt->replaced[j]) replaced++;
+        else idx[n++] = bt->index[j];
+    }
+    WireWriter w;
+    wire_writer_init(&w, "step", 11);
+    wire_put_uint(&w, "rank", (uint64_t)r->a.rank);
+    wire_put_uint(&w, "step", (uint64_t)r->t.step);
+    wire_put_uint(&w, "epoch", bt->epoch);
+    wire_put_uint(&w, "b", bt->b);
+    wire_put_f64(&w, "loss", st->loss);
+    wire_put_f64(&w, "class_loss", st->class_loss);
+    wire_put_f64(&w, "box_loss", st->box_loss);
+    wire_put_f64(&w, "lr", st->lr);
+    wire_put_f64(&w, "img_s", img_s);
+    wire_put_bin(&w, "indices", idx, n * sizeof *idx);
+    wire_put_uint(&w, "replaced", replaced);
+    send_coord(r, &w);
+}
+
+/* Rank 0 at an epoch's end: the checkpoint, and the snapshot the coordinator evaluates. */
+static int worker_epoch_end(Run *r, long done, Err *err)
+{
+    long total = r->t.s.total_steps;
+    if ((done % r->a.ckpt_interval == 0 || r->t.step == total) && save(r, done, err) != 0) return -1;
+    char snap[1200] = "";
+    long every = r->a.eval_interval ? r->a.eval_interval : 1;
+    if (done % every == 0 || r->t.step == total) {
+        snprintf(snap, sizeof snap, "%s/snapshot-epoch-%ld.safetensors", r->a.output, done);
+        if (trainer_save(&r->t, snap, done, err) != 0) return -1;
+    }
+    WireWriter w;
+    wire_writer_init(&w, "epoch_end", 4);
+    wire_put_uint(&w, "rank", (uint64_t)r->a.rank);
+    wire_put_uint(&w, "epoch", (uint64_t)done);
+    wire_put_uint(&w, "step", (uint64_t)r->t.step);
+    wire_put_str(&w, "snapshot", snap);
+    send_coord(r, &w);
+    return 0;
+}
+
+/* ---- the loop ------------------------------------------------------------------------------- */
+
+static double seconds_since(const struct timespec *t0)
+{
+    struct timespec t1;
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    return (t1.tv_sec - t0->tv_sec) + (t1.tv_nsec - t0->tv_nsec) * 1e-9;
+}
+
+/* One step's batch: from the augmenters (a worker) or decoded here. */
+static int next_batch(Run *r, long epoch, long b, Batch *bt, Err *err)
+{
+    if (r->worker) {
+        if (batch_stream_next(&r->bs, bt, -1, err) != 0) return -1;
+        ASSERT(bt->epoch == (uint32_t)epoch && bt->b == (uint64_t)b && bt->dtype == ST_F32);
+        return 0;
+    }
+    if (train_batch_load(&r->sampler, (uint32_t)epoch, (size_t)b, (int)r->a.batch, r->images,
+                         r->targets, err) != 0)
+        return -1;
+    gather_targets(r);
+    memset(bt, 0, sizeof *bt);
+    bt->images = r->images, bt->bbox = r->boxes, bt->cls = r->classes, bt->crowd = r->crowd;
+    return 0;
+}
+
+/* 0: all steps done; 1: stopped by a signal (every rank at the same step); -1. */
 static int train_loop(Run *r, Err *err)
 {
     long spe = (long)r->steps_per_epoch, total = r->t.s.total_steps;
     struct timespec t0;
     clock_gettime(CLOCK_MONOTONIC, &t0);
     long first = r->t.step;
-    while (r->t.step < total && !stop_requested) {
+    long global = r->a.batch * r->a.world;
+    while (r->t.step < total) {
+        int stop = stop_signal_raised(r->stop_fd), any = stop;
+        if (r->worker && trainer_agree_stop(&r->t, stop, &any, err) != 0) return -1;
+        if (any) return 1;
         long epoch = r->t.step / spe, b = r->t.step % spe;
-        const float *images = r->images, *boxes = r->boxes;
-        const int32_t *classes = r->classes;
-        const uint8_t *crowd = r->crowd;
-        long long first_id;
         Batch bt;
-        if (r->piped) {
-            if (batch_stream_next(&r->bs, &bt, -1, err) != 0) return -1;
-            ASSERT(bt.epoch == (uint32_t)epoch && bt.b == (uint64_t)b && bt.dtype == ST_F32);
-            images = bt.images, boxes = bt.bbox, classes = bt.cls, crowd = bt.crowd;
-            first_id = bt.image_id[0];
-        } else {
-            if (train_batch_load(&r->sampler, (uint32_t)epoch, (size_t)b, (int)r->a.batch,
-                                 r->images, r->targets, err) != 0)
-                return -1;
-            gather_targets(r);
-            first_id = r->targets[0].image_id;
-        }
+        if (next_batch(r, epoch, b, &bt, err) != 0) return -1;
+        long long first_id = r->worker ? (long long)bt.image_id[0] : (long long)r->targets[0].image_id;
         TrainStats st;
-        int rc = trainer_step(&r->t, images, boxes, classes, crowd, DATASET_MAX_INSTANCES, &st, err);
-        if (r->piped) batch_stream_release(&r->bs, &bt);
-        if (rc != 0)
+        int rc = trainer_step(&r->t, bt.images, bt.bbox, bt.cls, bt.crowd, DATASET_MAX_INSTANCES, &st, err);
+        if (rc != 0) {
+            if (r->worker) batch_stream_release(&r->bs, &bt);
             return err_wrap(err, "epoch %ld batch %ld (first image id %lld): ", epoch, b, first_id);
-        if (r->t.step % r->a.log_interval == 0 || r->t.step == total) {
-            struct timespec t1;
-            clock_gettime(CLOCK_MONOTONIC, &t1);
-            double dt = (t1.tv_sec - t0.tv_sec) + (t1.tv_nsec - t0.tv_nsec) * 1e-9;
-            double ips = (r->t.step - first) * r->a.batch / (dt > 0 ? dt : 1);
+        }
+        double dt = seconds_since(&t0);
+        double ips = (r->t.step - first) * global / (dt > 0 ? dt : 1);
+        if (r->worker) {
+            send_step(r, &bt, &st, ips);
+            batch_stream_release(&r->bs, &bt);
+        } else if (r->t.step % r->a.log_interval == 0 || r->t.step == total) {
             printf("epoch %ld step %ld/%ld: loss %.4f (class %.4f box %.5f) lr %.5f grad norm %.3f "
                    "%.2f img/s\n", epoch, r->t.step, total, st.loss, st.class_loss, st.box_loss,
                    st.lr, st.grad_norm, ips);
             fflush(stdout);
         }
-        if (r->t.step % spe == 0) {
-            long done = r->t.step / spe;
-            if ((done % r->a.ckpt_interval == 0 || r->t.step == total) && save(r, done, err) != 0)
-                return -1;
-            if (r->a.eval_interval && done % r->a.eval_interval == 0 && evaluate(r, done, err) != 0)
-                return -1;
+        if (r->t.step % spe) continue;
+        long done = r->t.step / spe;
+        if (r->worker) {
+            if (r->a.rank == 0 && worker_epoch_end(r, done, err) != 0) return -1;
+            continue;
         }
+        if ((done % r->a.ckpt_interval == 0 || r->t.step == total) && save(r, done, err) != 0)
+            return -1;
+        if (r->a.eval_interval && done % r->a.eval_interval == 0 && evaluate(r, done, err) != 0)
+            return -1;
     }
+    return 0;
+}
+
+/* --resume PATH: a checkpoint file, or a run directory whose newest checkpoint is taken (none
+ * yet: a fresh start, so the same command line both starts and continues a run). */
+static int resume(Run *r, Err *err)
+{
+    char latest[1200];
+    const char *path = r->a.resume;
+    struct stat sb;
+    if (!path) return 0;
+    if (stat(path, &sb) == 0 && S_ISDIR(sb.st_mode)) {
+        checkpoint_latest(r->a.resume, latest, sizeof latest);
+        if (!latest[0] && (!r->worker || r->a.rank == 0))
+            log_info("--resume: no checkpoint in %s yet, starting from scratch", r->a.resume);
+        path = latest[0] ? latest : NULL;
+    }
+    if (!path) return 0;
+    long epoch;
+    if (trainer_resume(&r->t, path, &epoch, err) != 0) return -1;
+    if (!r->worker || r->a.rank == 0) log_info("resumed from %s at step %ld", path, r->t.step);
+    return 0;
+}
+
+/* Single-process training, and the worker process: the same loop. */
+static int run_training(Run *r, const char *cmd)
+{
+    Err err;
+    if ((r->stop_fd = stop_signal_install()) < 0) {
+        err_set(&err, "signal setup: %s", strerror(errno));
+        return cli_fail(cmd, &err);
+    }
+    if (mkdir(r->a.output, 0755) != 0 && errno != EEXIST) {
+        err_set(&err, "--output %s: %s", r->a.output, strerror(errno));
+        return cli_fail(cmd, &err);
+    }
+    int rc = run_init(r, &err);
+    if (rc == 0) rc = resume(r, &err);
+    if (rc == 0 && r->worker) rc = worker_connect(r, &err);
+    if (rc == 0) rc = train_loop(r, &err);
+    if (rc < 0) {
+        int told = send_error(r, err.msg) == 0;
+        run_free(r);
+        return told ? 1 : cli_fail(cmd, &err);
+    }
+    long spe = (long)r->steps_per_epoch;
+    if (rc == 1) {
+        if ((!r->worker || r->a.rank == 0) && save(r, r->t.step / spe, &err) != 0) {
+            run_free(r);
+            return cli_fail(cmd, &err);
+        }
+        if (!r->worker || r->a.rank == 0)
+            log_info("stopped by a signal at step %ld; --resume continues", r->t.step);
+        if (r->worker) send_simple(r, "stopped");
+        run_free(r);
+        return 130;
+    }
+    if (r->worker) {
+        send_simple(r, "done");
+        run_free(r);
+        return 0;
+    }
+    /* The final weights are always evaluated, unless the last epoch's evaluation just did. */
+    long epochs_done = r->t.step / spe;
+    int evaluated = r->a.eval_interval && epochs_done % r->a.eval_interval == 0;
+    if (!evaluated && evaluate(r, epochs_done, &err) != 0) {
+        run_free(r);
+        return cli_fail(cmd, &err);
+    }
+    run_free(r);
     return 0;
 }
 
@@ -380,45 +463,17 @@ int cmd_train(int argc, char **argv)
     Run r;
     Err err;
     memset(&r, 0, sizeof r);
-    if (parse(argc, argv, &r.a, &err) != 0) return cli_fail("train", &err);
-    if (mkdir(r.a.output, 0755) != 0 && errno != EEXIST) {
-        err_set(&err, "--output %s: %s", r.a.output, strerror(errno));
-        return cli_fail("train", &err);
-    }
-    if (run_init(&r, &err) != 0) goto fail;
-    char latest[1200];
-    /* --resume PATH: a checkpoint file, or a run directory whose newest checkpoint is taken (none
-     * yet: a fresh start, so the same command line both starts and continues a run). */
-    const char *resume = r.a.resume;
-    struct stat sb;
-    if (resume && stat(resume, &sb) == 0 && S_ISDIR(sb.st_mode)) {
-        checkpoint_latest(r.a.resume, latest, sizeof latest);
-        if (!latest[0]) log_info("--resume: no checkpoint in %s yet, starting from scratch", r.a.resume);
-        resume = latest[0] ? latest : NULL;
-    }
-    if (resume) {
-        long epoch;
-        if (trainer_resume(&r.t, resume, &epoch, &err) != 0) goto fail;
-        log_info("resumed from %s at step %ld", resume, r.t.step);
-    }
-    signal(SIGINT, on_signal);
-    signal(SIGTERM, on_signal);
-    if (r.a.loaders && pipe_start(&r, &err) != 0) goto fail;
-    if (train_loop(&r, &err) != 0) goto fail;
-    long spe = (long)r.steps_per_epoch;
-    if (stop_requested) {
-        if (save(&r, r.t.step / spe, &err) != 0) goto fail;
-        log_info("stopped by signal %d at step %ld; --resume continues", (int)stop_requested, r.t.step);
-        run_free(&r);
-        return 130;
-    }
-    /* The final weights are always evaluated, unless the last epoch's evaluation just did. */
-    long epochs_done = r.t.step / spe;
-    int evaluated = r.a.eval_interval && epochs_done % r.a.eval_interval == 0;
-    if (!evaluated && evaluate(&r, epochs_done, &err) != 0) goto fail;
-    run_free(&r);
-    return 0;
-fail:
-    run_free(&r);
-    return cli_fail("train", &err);
+    if (train_args_parse(argc, argv, &r.a, 0, &err) != 0) return cli_fail("train", &err);
+    if (r.a.loaders) return train_topology_run(&r.a, argc, argv);
+    return run_training(&r, "train");
+}
+
+int cmd_worker(int argc, char **argv)
+{
+    Run r;
+    Err err;
+    memset(&r, 0, sizeof r);
+    r.worker = 1;
+    if (train_args_parse(argc, argv, &r.a, 1, &err) != 0) return cli_fail("worker", &err);
+    return run_training(&r, "worker");
 }

@@ -14,20 +14,22 @@ typedef struct Command {
 static const Command commands[] = {
     {"info", cmd_info, "model facts: parameters, BN buffers, anchors (--model NAME [--num-classes N] [--json])"},
     {"parity", cmd_parity, "run a reference fixture directory and write our outputs (DIR --out FILE)"},
-    {"infer", cmd_infer, "detect objects in JPEG images (--model NAME --weights FILE IMAGE... --out FILE)"},
+    {"infer", cmd_infer, "detect objects in JPEGs, folders or a COCO set (--model NAME --weights FILE PATH...|--data DIR --out FILE)"},
     {"bench", cmd_bench, "measure speed (--mode forward --model NAME --device cpu --batch-size B --json)"},
-    {"train", cmd_train, "train on a COCO-format dataset (--data DIR --model NAME ...)"},
+    {"train", cmd_train, "train on a COCO-format dataset (--data DIR --model NAME ... [--loaders N --augmenters M --devices D,D])"},
     {"synth", cmd_synth, "write a synthetic COCO-format dataset (--out DIR --images N --seed S)"},
     {"batches", cmd_batches, "print the data pipeline's batch stream (--data DIR --batch-size B --image-size HxW)"},
-    {"demo", cmd_demo, "the README's main job: inference on synthetic photos (--out DIR)"},
-    {"eval", cmd_eval, "COCO bbox evaluation (--gt GT.json --dets DETS.json [--json])"},
+    {"demo", cmd_demo, "the README's main job: train and evaluate on a synthetic set (--out DIR)"},
+    {"eval", cmd_eval, "COCO bbox evaluation (--gt GT.json --dets DETS.json | --weights FILE --model NAME --data DIR) [--json]"},
+    {"worker", cmd_worker, "(started by `effdet train --loaders`) one data-parallel training worker"},
+    {"eval-worker", cmd_eval_worker, "(started by `effdet train --loaders`) one epoch's evaluation"},
 };
 
 static void usage(FILE *f)
 {
     fprintf(f, "usage: effdet COMMAND [options]\n\ncommands:\n");
     for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
-        fprintf(f, "  %-8s %s\n", commands[i].name, commands[i].help);
+        fprintf(f, "  %-11s %s\n", commands[i].name, commands[i].help);
 }
 
 int main(int argc, char **argv)
