@@ -356,7 +356,9 @@ static void on_tick(uv_timer_t *h)
     if (c->state != COORD_RUNNING && c->state != COORD_FINISHING) return;
     for (int i = 0; i < c->n_procs; i++) {
         CoordProc *p = &c->procs[i];
-        if (p->pid <= 0 || p->expected_exit || p->role == PROC_EVAL_WORKER) continue;
+        /* The evaluator speaks only when it has metrics: its silence between epochs is normal. */
+        if (p->pid <= 0 || p->expected_exit || p->role == PROC_EVAL_WORKER || p->role == PROC_EVALUATOR)
+            continue;
         double limit = p->role == PROC_WORKER ? c->cfg.hang_s : c->cfg.stage_dead_s;
         double since = p->last_heard > 0 ? p->last_heard : p->started;
         /* Only what has spoken once is judged: a stage without reports is never called hung. */

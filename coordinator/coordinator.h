@@ -20,8 +20,9 @@
  *     directory, at most max_restarts times. The first failure is kept as the run's cause. A
  *     worker that exits with status 1 reported an error of its input (an unreadable image, bad
  *     weights): restarting would fail the same way, so the run ends with that error.
- *   - hung processes: a worker silent (no step message) for hang_s, or a data stage or the
- *     evaluator whose reports stop for stage_dead_s, is killed with SIGKILL and handled as above.
+ *   - hung processes: a worker silent (no step message) for hang_s, or a data stage whose
+ *     reports stop for stage_dead_s, is killed with SIGKILL and handled as above. (The evaluator
+ *     speaks only when it has metrics; a lost evaluation shows as its "incomplete" report.)
  * - SIGINT/SIGTERM: the workers get SIGINT, agree on a step (trainer_agree_stop), rank 0 writes a
  *   checkpoint, they exit; then the other children get SIGTERM. A second SIGINT kills every child
  *   at once. Either way coordinator_run returns only when no child is left.
@@ -88,7 +89,7 @@ typedef struct CoordinatorConfig {
     int max_restarts;       /* worker-group restarts */
     int stage_max_restarts; /* per data stage, evaluator and eval job */
     double hang_s;          /* worker silence that counts as hung */
-    double stage_dead_s;    /* report silence of a stage or the evaluator that counts as hung */
+    double stage_dead_s;    /* report silence of a data stage that counts as hung */
     const char *fault;      /* tests: "NAME@STEP[,NAME@STEP]": SIGKILL NAME once STEP is reached */
     RunLog *log;            /* progress and metrics output; not owned */
     int (*argv_for)(void *app, ProcRole role, int index, const CoordSpawn *sp, CoordArgv *out,
