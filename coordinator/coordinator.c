@@ -9,7 +9,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
-#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -23,30 +22,6 @@ const char *proc_role_name(ProcRole r)
 {
     static const char *names[PROC_ROLES] = {"loader", "augment", "worker", "evaluator", "eval"};
     return r < PROC_ROLES ? names[r] : "?";
-}
-
-void coord_argv_add(CoordArgv *a, const char *s)
-{
-    size_t n = strlen(s) + 1;
-    if (a->argc >= COORD_ARGV_MAX || a->used + n > sizeof a->buf) {
-        a->overflow = 1;
-        return;
-    }
-    memcpy(a->buf + a->used, s, n);
-    a->argv[a->argc++] = a->buf + a->used;
-    a->argv[a->argc] = NULL;
-    a->used += n;
-}
-
-void coord_argv_addf(CoordArgv *a, const char *fmt, ...)
-{
-    char s[COORD_PATH_CAP + 64];
-    va_list ap;
-    va_start(ap, fmt);
-    int n = vsnprintf(s, sizeof s, fmt, ap);
-    va_end(ap);
-    if (n < 0 || (size_t)n >= sizeof s) a->overflow = 1;
-    else coord_argv_add(a, s);
 }
 
 double coord__now(Coord *c)
@@ -96,53 +71,30 @@ static void kill_role(Coord *c, ProcRole role, int sig)
         if (c->procs[i].role == role) coord__kill(c, &c->procs[i], sig);
 }
 
-/* fork + exec (coordinator.h says why not uv_spawn). Only async-signal-safe calls in the child. */
+/* child_spawn (shared/child.h says why not uv_spawn) with the command line argv_for gives. */
 int coord__spawn(Coord *c, CoordProc *p)
 {
-    CoordArgv *a = malloc(sizeof *a);
+    ArgvBuf *a = malloc(sizeof *a);
     if (!a) {
         coord__fail(c, "%s: out of memory for its command line", p->name);
         return -1;
     }
-    a->used = 0, a->argc = 0, a->overflow = 0, a->argv[0] = NULL;
+    argv_buf_init(a);
     CoordSpawn sp = {.generation = c->generation, .comm = c->comm};
     if (p->role == PROC_EVAL_WORKER && c->q_len) {
         sp.eval_epoch = c->queue[c->q_head].epoch;
         sp.snapshot = c->queue[c->q_head].snapshot;
     }
     Err err;
-    if (c->cfg.argv_for(c->cfg.app, p->role, p->index, &sp, a, &err) != 0 || a->overflow || !a->argc) {
-        coord__fail(c, "%s: %s", p->name, a->overflow ? "command line too long" : err.msg);
-        free(a);
-        return -1;
-    }
-    sigset_t all, old;
-    sigfillset(&all);
-    pthread_sigmask(SIG_SETMASK, &all, &old);
-    pid_t parent = getpid();
-    pid_t pid = fork();
-    if (pid == 0) {
-        sigset_t none;
-        sigemptyset(&none);
-        for (int s = 1; s < NSIG; s++) signal(s, SIG_DFL);
-        sigprocmask(SIG_SETMASK, &none, NULL);
-        setpgid(0, 0);
-        if (prctl(PR_SET_PDEATHSIG, SIGTERM) != 0 || getppid() != parent) _exit(127);
-        execv(a->argv[0], (char *const *)a->argv);
-        static const char msg[] = "effdet coordinator: exec failed\n";
-        ssize_t w = write(2, msg, sizeof msg - 1);
-        (void)w;
-        _exit(127);
-    }
-    int fork_errno = errno;
-    pthread_sigmask(SIG_SETMASK, &old, NULL);
-    if (pid < 0) {
-        coord__fail(c, "%s: fork: %s", p->name, strerror(fork_errno));
-        free(a);
-        return -1;
-    }
-    log_debug("started %s (pid %d): %s", p->name, (int)pid, a->argv[0]);
+    pid_t pid = -1;
+    if (c->cfg.argv_for(c->cfg.app, p->role, p->index, &sp, a, &err) != 0 || a->full || !a->argc)
+        coord__fail(c, "%s: %s", p->name, a->full ? "command line too long" : err.msg);
+    else if ((pid = child_spawn(a->argv, &err)) < 0)
+        coord__fail(c, "%s: %s", p->name, err.msg);
+    else
+        log_debug("started %s (pid %d): %s", p->name, (int)pid, a->argv[0]);
     free(a);
+    if (pid < 0) return -1;
     p->pid = pid;
     p->last_heard = 0;
     p->started = coord__now(c);

@@ -47,6 +47,7 @@
 #include <stddef.h>
 
 #include "coordinator/run_log.h"
+#include "shared/child.h"
 #include "shared/err.h"
 
 typedef enum {
@@ -58,19 +59,7 @@ typedef enum {
     PROC_ROLES
 } ProcRole;
 
-enum { COORD_ARGV_MAX = 128, COORD_ARGV_BYTES = 16384, COORD_PATH_CAP = 1024 };
-
-/* A command line under construction: strings are copied into buf. */
-typedef struct CoordArgv {
-    char buf[COORD_ARGV_BYTES];
-    size_t used;
-    const char *argv[COORD_ARGV_MAX + 1];
-    int argc;
-    int overflow;
-} CoordArgv;
-
-void coord_argv_add(CoordArgv *a, const char *s);
-void coord_argv_addf(CoordArgv *a, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+enum { COORD_PATH_CAP = 1024 };
 
 /* What a command line depends on besides role and index. */
 typedef struct CoordSpawn {
@@ -92,7 +81,7 @@ typedef struct CoordinatorConfig {
     double stage_dead_s;    /* report silence of a data stage that counts as hung */
     const char *fault;      /* tests: "NAME@STEP[,NAME@STEP]": SIGKILL NAME once STEP is reached */
     RunLog *log;            /* progress and metrics output; not owned */
-    int (*argv_for)(void *app, ProcRole role, int index, const CoordSpawn *sp, CoordArgv *out,
+    int (*argv_for)(void *app, ProcRole role, int index, const CoordSpawn *sp, ArgvBuf *out,
                     Err *err);
     void *app;
 } CoordinatorConfig;

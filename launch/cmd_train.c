@@ -134,18 +134,12 @@ static int run_init(Run *r, Err *err)
     return 0;
 }
 
-static int save_to(Run *r, const char *path, long epoch, Err *err)
-{
-    if (trainer_save(&r->t, path, epoch, err) != 0) return -1;
-    log_info("checkpoint %s", path);
-    return 0;
-}
-
 static int save(Run *r, long epoch, Err *err)
 {
     char path[1200];
     snprintf(path, sizeof path, "%s/checkpoint-%ld.safetensors", r->a.output, r->t.step);
-    if (save_to(r, path, epoch, err) != 0) return -1;
+    if (trainer_save(&r->t, path, epoch, err) != 0) return -1;
+    log_info("checkpoint %s", path);
     return checkpoint_prune(r->a.output, (int)r->a.keep, err);
 }
 
@@ -185,14 +179,16 @@ static void gather_targets(Run *r)
 
 /* ---- the worker process's links: augmenters, collectives, coordinator ----------------------- */
 
-static void send_coord(Run *r, WireWriter *w)
+/* A coordinator that cannot take a message in 1 s is gone or stuck: the step goes on. 0 when sent. */
+static int send_coord(Run *r, WireWriter *w)
 {
     size_t len;
     const void *data = wire_writer_data(w, &len);
     Err err;
-    /* A coordinator that cannot take a message in 1 s is gone or stuck: the step goes on. */
-    if (zmq_util_send(&r->coord, data, len, 1000, &err) < 0) log_warn("%s", err.msg);
+    int rc = zmq_util_send(&r->coord, data, len, 1000, &err);
+    if (rc < 0) log_warn("%s", err.msg);
     wire_writer_free(w);
+    return rc == 0 ? 0 : -1;
 }
 
 static void send_simple(Run *r, const char *type)
@@ -213,12 +209,7 @@ static int send_error(Run *r, const char *what)
     wire_writer_init(&w, "error", 2);
     wire_put_uint(&w, "rank", (uint64_t)r->a.rank);
     wire_put_str(&w, "what", what);
-    size_t len;
-    const void *data = wire_writer_data(&w, &len);
-    Err err;
-    int rc = zmq_util_send(&r->coord, data, len, 1000, &err);
-    wire_writer_free(&w);
-    return rc == 0 ? 0 : -1;
+    return send_coord(r, &w);
 }
 
 static int worker_connect(Run *r, Err *err)

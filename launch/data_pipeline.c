@@ -4,49 +4,23 @@
 #include <errno.h>
 #include <limits.h>
 #include <signal.h>
-#include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
-#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
+#include "shared/child.h"
 #include "shared/log.h"
 #include "shared/shm.h"
 #include "shared/stage.h"
 
-/* DIR/effdet-NAME beside the running program. */
-static int sibling(const char *name, char *out, size_t cap, Err *err)
+/* A stage started with child_spawn, remembered for check and stop. */
+static int spawn(DataPipeline *p, const char *name, const char *const argv[], Err *err)
 {
-    char self[PATH_MAX];
-    ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
-    if (n < 0) return err_set(err, "/proc/self/exe: %s", strerror(errno));
-    self[n] = 0;
-    char *slash = strrchr(self, '/');
-    if (slash) *slash = 0;
-    if ((size_t)snprintf(out, cap, "%s/effdet-%s", self, name) >= cap)
-        return err_set(err, "%s: path too long", self);
-    if (access(out, X_OK) != 0) return err_set(err, "%s: %s", out, strerror(errno));
-    return 0;
-}
-
-/* fork + exec rather than posix_spawn, for two settings the child needs before it runs: its own
- * process group (a Ctrl-C at the terminal reaches only this process, which stops the stages in
- * order after its checkpoint) and SIGTERM when this process dies (a parent killed with -9 leaves
- * no stage running). */
-static int spawn(DataPipeline *p, const char *name, char *const argv[], Err *err)
-{
-    pid_t parent = getpid();
-    pid_t pid = fork();
-    if (pid < 0) return err_set(err, "%s: fork: %s", argv[0], strerror(errno));
-    if (pid == 0) {
-        setpgid(0, 0);
-        if (prctl(PR_SET_PDEATHSIG, SIGTERM) != 0 || getppid() != parent) _exit(127);
-        execv(argv[0], argv);
-        fprintf(stderr, "effdet: %s: exec: %s\n", argv[0], strerror(errno));
-        _exit(127);
-    }
+    pid_t pid = child_spawn(argv, err);
+    if (pid < 0) return -1;
     p->pids[p->n] = pid;
     snprintf(p->names[p->n], sizeof p->names[0], "%s", name);
     p->n++;
@@ -54,26 +28,6 @@ static int spawn(DataPipeline *p, const char *name, char *const argv[], Err *err
 }
 
 /* ---- command lines --------------------------------------------------------------------------- */
-
-/* Appends a string (formatted) to out: copied into out->buf, pointed to by out->argv[*n]. Sets
- * *full when buf or argv has no room, so the caller reports one error at the end. */
-static void argv_add(StageArgv *out, int *n, size_t *used, int *full, const char *fmt, ...)
-    __attribute__((format(printf, 5, 6)));
-static void argv_add(StageArgv *out, int *n, size_t *used, int *full, const char *fmt, ...)
-{
-    if (*full) return;
-    va_list ap;
-    va_start(ap, fmt);
-    int len = vsnprintf(out->buf + *used, sizeof out->buf - *used, fmt, ap);
-    va_end(ap);
-    /* One slot stays for the terminating NULL. */
-    if (len < 0 || (size_t)len >= sizeof out->buf - *used || *n + 1 >= STAGE_ARGV_MAX) {
-        *full = 1;
-        return;
-    }
-    out->argv[(*n)++] = out->buf + *used;
-    *used += (size_t)len + 1;
-}
 
 /* "ipc://RUNDIR/loader0.sock,ipc://RUNDIR/loader1.sock,..." into list (cap bytes). */
 static int loader_list(const DataPipelineConfig *cfg, const char *rundir, char *list, size_t cap,
@@ -94,9 +48,9 @@ static int loader_list(const DataPipelineConfig *cfg, const char *rundir, char *
 }
 
 int data_pipeline_stage_argv(const DataPipelineConfig *cfg, const char *rundir, const char *role,
-                             int i, StageArgv *out, Err *err)
+                             int i, ArgvBuf *out, Err *err)
 {
-    memset(out->argv, 0, sizeof out->argv);
+    argv_buf_init(out);
     int loader = !strcmp(role, "loader");
     if (!loader && strcmp(role, "augment"))
         return err_set(err, "stage role '%s': expected loader or augment", role);
@@ -106,59 +60,56 @@ int data_pipeline_stage_argv(const DataPipelineConfig *cfg, const char *rundir, 
                        DATA_PIPELINE_MAX);
     char bin[PATH_MAX], sock[32], ep[ZMQ_UTIL_ENDPOINT_CAP];
     snprintf(sock, sizeof sock, "%s%d.sock", loader ? "loader" : "aug", i);
-    if (sibling(role, bin, sizeof bin, err) < 0 || rundir_endpoint(rundir, sock, ep, err) < 0)
+    if (child_program(role, bin, sizeof bin, err) < 0 || rundir_endpoint(rundir, sock, ep, err) < 0)
         return -1;
-    int n = 0, full = 0;
-    size_t used = 0;
     int hb = cfg->hb_ms ? cfg->hb_ms : STAGE_HB_MS;
-    argv_add(out, &n, &used, &full, "%s", bin);
-    argv_add(out, &n, &used, &full, "--listen");
-    argv_add(out, &n, &used, &full, "%s", ep);
-    argv_add(out, &n, &used, &full, "--name");
-    argv_add(out, &n, &used, &full, "%s%d", loader ? "loader" : "aug", i);
-    argv_add(out, &n, &used, &full, "--hb-ms");
-    argv_add(out, &n, &used, &full, "%d", hb);
+    argv_buf_add(out, "%s", bin);
+    argv_buf_add(out, "--listen");
+    argv_buf_add(out, "%s", ep);
+    argv_buf_add(out, "--name");
+    argv_buf_add(out, "%s%d", loader ? "loader" : "aug", i);
+    argv_buf_add(out, "--hb-ms");
+    argv_buf_add(out, "%d", hb);
     if (cfg->report) {
-        argv_add(out, &n, &used, &full, "--report");
-        argv_add(out, &n, &used, &full, "%s", cfg->report);
+        argv_buf_add(out, "--report");
+        argv_buf_add(out, "%s", cfg->report);
     }
     if (loader) {
         if (cfg->data) {
-            argv_add(out, &n, &used, &full, "--data");
-            argv_add(out, &n, &used, &full, "%s", cfg->data);
+            argv_buf_add(out, "--data");
+            argv_buf_add(out, "%s", cfg->data);
         } else {
-            argv_add(out, &n, &used, &full, "--ann");
-            argv_add(out, &n, &used, &full, "%s", cfg->ann);
-            argv_add(out, &n, &used, &full, "--images");
-            argv_add(out, &n, &used, &full, "%s", cfg->images);
+            argv_buf_add(out, "--ann");
+            argv_buf_add(out, "%s", cfg->ann);
+            argv_buf_add(out, "--images");
+            argv_buf_add(out, "%s", cfg->images);
         }
         if (cfg->num_classes) {
-            argv_add(out, &n, &used, &full, "--num-classes");
-            argv_add(out, &n, &used, &full, "%d", cfg->num_classes);
+            argv_buf_add(out, "--num-classes");
+            argv_buf_add(out, "%d", cfg->num_classes);
         }
-        if (cfg->skip_bad_images) argv_add(out, &n, &used, &full, "--skip-bad-images");
+        if (cfg->skip_bad_images) argv_buf_add(out, "--skip-bad-images");
     } else {
         char list[sizeof out->buf];
         if (loader_list(cfg, rundir, list, sizeof list, err) < 0) return -1;
-        argv_add(out, &n, &used, &full, "--loaders");
-        argv_add(out, &n, &used, &full, "%s", list);
-        argv_add(out, &n, &used, &full, "--batch");
-        argv_add(out, &n, &used, &full, "%d", cfg->batch);
-        argv_add(out, &n, &used, &full, "--image-size");
-        argv_add(out, &n, &used, &full, "%dx%d", cfg->height, cfg->width);
-        argv_add(out, &n, &used, &full, "--seed");
-        argv_add(out, &n, &used, &full, "%llu", (unsigned long long)cfg->seed);
-        argv_add(out, &n, &used, &full, "--slots");
-        argv_add(out, &n, &used, &full, "%d", cfg->aug_slots ? cfg->aug_slots : 2);
-        argv_add(out, &n, &used, &full, "--dtype");
-        argv_add(out, &n, &used, &full, "%s", cfg->dtype ? cfg->dtype : "f32");
-        argv_add(out, &n, &used, &full, "--dead-ms");
-        argv_add(out, &n, &used, &full, "%d", cfg->dead_ms ? cfg->dead_ms : STAGE_DEAD_MS);
+        argv_buf_add(out, "--loaders");
+        argv_buf_add(out, "%s", list);
+        argv_buf_add(out, "--batch");
+        argv_buf_add(out, "%d", cfg->batch);
+        argv_buf_add(out, "--image-size");
+        argv_buf_add(out, "%dx%d", cfg->height, cfg->width);
+        argv_buf_add(out, "--seed");
+        argv_buf_add(out, "%llu", (unsigned long long)cfg->seed);
+        argv_buf_add(out, "--slots");
+        argv_buf_add(out, "%d", cfg->aug_slots ? cfg->aug_slots : 2);
+        argv_buf_add(out, "--dtype");
+        argv_buf_add(out, "%s", cfg->dtype ? cfg->dtype : "f32");
+        argv_buf_add(out, "--dead-ms");
+        argv_buf_add(out, "%d", cfg->dead_ms ? cfg->dead_ms : STAGE_DEAD_MS);
     }
-    if (full)
+    if (out->full)
         return err_set(err, "%s %d: its command line exceeds %zu bytes or %d arguments", role, i,
-                       sizeof out->buf, STAGE_ARGV_MAX - 1);
-    out->argv[n] = NULL;
+                       sizeof out->buf, ARGV_BUF_MAX);
     return 0;
 }
 
@@ -183,12 +134,16 @@ int data_pipeline_spawn(DataPipeline *p, const DataPipelineConfig *cfg, Err *err
     }
     /* Loaders first: augmenters connect to them (either order works, ZeroMQ reconnects, but
      * this one wastes no retry). */
-    StageArgv sa;
+    ArgvBuf *sa = malloc(sizeof *sa);
+    if (!sa) {
+        data_pipeline_stop(p);
+        return err_set(err, "out of memory");
+    }
     for (int i = 0; i < cfg->loaders; i++) {
         char name[16];
         snprintf(name, sizeof name, "loader%d", i);
-        if (data_pipeline_stage_argv(cfg, p->rundir, "loader", i, &sa, err) < 0 ||
-            spawn(p, name, (char *const *)sa.argv, err) < 0)
+        if (data_pipeline_stage_argv(cfg, p->rundir, "loader", i, sa, err) < 0 ||
+            spawn(p, name, sa->argv, err) < 0)
             goto fail;
     }
     for (int i = 0; i < cfg->augmenters; i++) {
@@ -196,14 +151,16 @@ int data_pipeline_spawn(DataPipeline *p, const DataPipelineConfig *cfg, Err *err
         snprintf(name, sizeof name, "aug%d", i);
         snprintf(sock, sizeof sock, "aug%d.sock", i);
         if (rundir_endpoint(p->rundir, sock, p->aug_eps[i], err) < 0 ||
-            data_pipeline_stage_argv(cfg, p->rundir, "augment", i, &sa, err) < 0 ||
-            spawn(p, name, (char *const *)sa.argv, err) < 0)
+            data_pipeline_stage_argv(cfg, p->rundir, "augment", i, sa, err) < 0 ||
+            spawn(p, name, sa->argv, err) < 0)
             goto fail;
         p->aug_ptrs[i] = p->aug_eps[i];
         p->n_aug++;
     }
+    free(sa);
     return 0;
 fail:
+    free(sa);
     data_pipeline_stop(p);
     return -1;
 }

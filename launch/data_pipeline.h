@@ -8,6 +8,7 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+#include "shared/child.h"
 #include "shared/err.h"
 #include "shared/zmq_util.h"
 
@@ -26,20 +27,13 @@ typedef struct DataPipelineConfig {
     const char *report;              /* every stage's --report (stage reports); NULL: none */
 } DataPipelineConfig;
 
-/* One stage's command line: the strings live in buf, argv points into it. */
-enum { STAGE_ARGV_MAX = 48 };
-typedef struct StageArgv {
-    char buf[4096];
-    const char *argv[STAGE_ARGV_MAX];
-} StageArgv;
-
 /* The command line (argv[0] = the program beside the running effdet, NULL-terminated) of data
  * stage `role` ("loader" or "augment") number i of a pipeline with run directory rundir, exactly
  * as data_pipeline_start runs it (endpoints rundir/loader<i>.sock and rundir/aug<i>.sock; stage
  * names loader<i> and aug<i>). A supervisor spawns and respawns stages with it: a restarted stage
  * under the same name and endpoint is what the stage protocol recovers from (shared/stage.h). */
 int data_pipeline_stage_argv(const DataPipelineConfig *cfg, const char *rundir, const char *role,
-                             int i, StageArgv *out, Err *err);
+                             int i, ArgvBuf *out, Err *err);
 
 typedef struct DataPipeline {
     char rundir[RUNDIR_CAP];

@@ -32,73 +32,68 @@ typedef struct Topology {
 
 static int program_paths(Topology *t, Err *err)
 {
-    ssize_t n = readlink("/proc/self/exe", t->self, sizeof t->self - 1);
-    if (n < 0) return err_set(err, "/proc/self/exe: %s", strerror(errno));
-    t->self[n] = 0;
-    char dir[PATH_MAX];
-    memcpy(dir, t->self, (size_t)n + 1);
-    char *slash = strrchr(dir, '/');
-    if (slash) *slash = 0;
-    if ((size_t)snprintf(t->evaluator, sizeof t->evaluator, "%s/effdet-evaluator", dir) >= sizeof t->evaluator)
-        return err_set(err, "%s: path too long", dir);
-    if (access(t->evaluator, X_OK) != 0) return err_set(err, "%s: %s", t->evaluator, strerror(errno));
-    return 0;
+    return child_program(NULL, t->self, sizeof t->self, err) != 0 ||
+                   child_program("evaluator", t->evaluator, sizeof t->evaluator, err) != 0
+               ? -1
+               : 0;
 }
 
-static void add_dataset(CoordArgv *o, const TrainArgs *a, int val)
+static void add_dataset(ArgvBuf *o, const TrainArgs *a, int val)
 {
     const char *dir = a->data, *ann = a->ann, *images = a->images;
     if (val && (a->val_data || a->val_ann)) dir = a->val_data, ann = a->val_ann, images = a->val_images;
-    if (dir) coord_argv_add(o, "--data"), coord_argv_add(o, dir);
-    else coord_argv_add(o, "--ann"), coord_argv_add(o, ann), coord_argv_add(o, "--images"), coord_argv_add(o, images);
+    if (dir) {
+        argv_buf_add(o, "--data");
+        argv_buf_add(o, "%s", dir);
+    } else {
+        argv_buf_add(o, "--ann");
+        argv_buf_add(o, "%s", ann);
+        argv_buf_add(o, "--images");
+        argv_buf_add(o, "%s", images);
+    }
 }
 
-static int argv_for(void *app, ProcRole role, int index, const CoordSpawn *sp, CoordArgv *o, Err *err)
+static int argv_for(void *app, ProcRole role, int index, const CoordSpawn *sp, ArgvBuf *o, Err *err)
 {
     Topology *t = app;
     const TrainArgs *a = t->a;
     switch (role) {
     case PROC_LOADER:
-    case PROC_AUGMENT: {
-        StageArgv sa;
-        if (data_pipeline_stage_argv(&t->dp, t->rundir, role == PROC_LOADER ? "loader" : "augment",
-                                     index, &sa, err) != 0)
-            return -1;
-        for (int i = 0; sa.argv[i]; i++) coord_argv_add(o, sa.argv[i]);
-        return 0;
-    }
+    case PROC_AUGMENT:
+        return data_pipeline_stage_argv(&t->dp, t->rundir, role == PROC_LOADER ? "loader" : "augment",
+                                        index, o, err);
     case PROC_WORKER:
-        coord_argv_add(o, t->self);
-        coord_argv_add(o, "worker");
-        for (int i = 1; i < t->argc; i++) coord_argv_add(o, t->argv[i]);
-        coord_argv_addf(o, "--rank=%d", index);
-        coord_argv_addf(o, "--world=%d", t->workers);
-        coord_argv_add(o, "--connect"), coord_argv_add(o, t->aug_list);
-        coord_argv_add(o, "--coord"), coord_argv_add(o, t->coord_ep);
-        coord_argv_add(o, "--comm"), coord_argv_add(o, sp->comm);
+        argv_buf_add(o, "%s", t->self);
+        argv_buf_add(o, "worker");
+        for (int i = 1; i < t->argc; i++) argv_buf_add(o, "%s", t->argv[i]);
+        argv_buf_add(o, "--rank=%d", index);
+        argv_buf_add(o, "--world=%d", t->workers);
+        argv_buf_add(o, "--connect"), argv_buf_add(o, "%s", t->aug_list);
+        argv_buf_add(o, "--coord"), argv_buf_add(o, "%s", t->coord_ep);
+        argv_buf_add(o, "--comm"), argv_buf_add(o, "%s", sp->comm);
         /* After a failure every worker continues from the run's newest checkpoint. */
-        if (sp->generation > 0) coord_argv_add(o, "--resume"), coord_argv_add(o, a->output);
+        if (sp->generation > 0) argv_buf_add(o, "--resume"), argv_buf_add(o, "%s", a->output);
         return 0;
     case PROC_EVALUATOR:
-        coord_argv_add(o, t->evaluator);
-        coord_argv_add(o, "--gt"), coord_argv_add(o, a->val_ann_buf);
-        coord_argv_add(o, "--listen"), coord_argv_add(o, t->eval_ep);
-        coord_argv_add(o, "--publish"), coord_argv_add(o, t->coord_ep);
-        coord_argv_add(o, "--timeout"), coord_argv_add(o, "300");
+        argv_buf_add(o, "%s", t->evaluator);
+        argv_buf_add(o, "--gt"), argv_buf_add(o, "%s", a->val_ann_buf);
+        argv_buf_add(o, "--listen"), argv_buf_add(o, "%s", t->eval_ep);
+        argv_buf_add(o, "--publish"), argv_buf_add(o, "%s", t->coord_ep);
+        argv_buf_add(o, "--timeout=300");
         return 0;
     case PROC_EVAL_WORKER:
-        coord_argv_add(o, t->self);
-        coord_argv_add(o, "eval-worker");
-        coord_argv_add(o, "--model"), coord_argv_add(o, a->model);
-        coord_argv_addf(o, "--num-classes=%d", t->num_classes);
-        coord_argv_addf(o, "--image-size=%dx%d", t->h, t->w);
-        coord_argv_addf(o, "--batch-size=%ld", a->batch);
-        coord_argv_add(o, "--device"), coord_argv_add(o, a->n_devices ? a->devices[0] : a->device);
-        coord_argv_add(o, "--weights"), coord_argv_add(o, sp->snapshot);
-        coord_argv_addf(o, "--epoch=%ld", sp->eval_epoch);
-        coord_argv_add(o, "--send"), coord_argv_add(o, t->eval_ep);
-        coord_argv_add(o, "--coord"), coord_argv_add(o, t->coord_ep);
-        if (a->tf32) coord_argv_add(o, "--tf32");
+        argv_buf_add(o, "%s", t->self);
+        argv_buf_add(o, "eval-worker");
+        argv_buf_add(o, "--model"), argv_buf_add(o, "%s", a->model);
+        argv_buf_add(o, "--num-classes=%d", t->num_classes);
+        argv_buf_add(o, "--image-size=%dx%d", t->h, t->w);
+        argv_buf_add(o, "--batch-size=%ld", a->batch);
+        argv_buf_add(o, "--device"), argv_buf_add(o, "%s", a->n_devices ? a->devices[0] : a->device);
+        argv_buf_add(o, "--weights"), argv_buf_add(o, "%s", sp->snapshot);
+        argv_buf_add(o, "--epoch=%ld", sp->eval_epoch);
+        argv_buf_add(o, "--send"), argv_buf_add(o, "%s", t->eval_ep);
+        argv_buf_add(o, "--coord"), argv_buf_add(o, "%s", t->coord_ep);
+        if (a->tf32) argv_buf_add(o, "--tf32");
         add_dataset(o, a, 1);
         return 0;
     default:
