@@ -3,6 +3,7 @@
 #   make test       build and run the test suite (what CI runs)
 #   make bench      build and run the CPU benchmarks (prints figures)
 #   make bench-data the data pipeline's benchmarks alone
+#   make bench-gpu  the GPU benchmarks of issue #8 (tests/bench/gpu.sh; needs a usable CUDA backend)
 #   make demo       the README's main job: installs what it needs, builds, trains on a synthetic set
 #   make clean      remove build/
 #   make SAN=1 test the same with AddressSanitizer + UBSan (objects in build/san/)
@@ -53,6 +54,8 @@ $(info $(if $(HAVE_NCCL),✓ NCCL found,✗ NCCL not found: multi-GPU data paral
 NVCCFLAGS ?= -O3 -g -lineinfo
 NVCCFLAGS += -std=c++17 --extended-lambda -I. -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90 \
              -Xcompiler -fPIC,-Wall,-fvisibility=hidden
+# NCCL (kernels/cuda/comm_nccl.cu, multi-GPU data parallel) is compiled in where it is linked.
+NVCCFLAGS += $(if $(HAVE_NCCL),-DEFFDET_HAVE_NCCL,)
 CUDA_LIBS := -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcudnn -lcublas -lcudart
 
 # ---- sources ----------------------------------------------------------------------------------------
@@ -143,6 +146,12 @@ demo:
 # The data pipeline alone (also part of `make bench`).
 bench-data: all
 	@EFFDET_BIN=$(abspath $(BUILD)/bin) bash tests/bench/data.sh
+
+# Issue #8's GPU figures (D0 512x512 train b64 fp16/bf16/TF32, infer b64 and b1 fp16, one JSON
+# line each, and a train --profile); one error line where the CUDA backend is not usable.
+.PHONY: bench-gpu
+bench-gpu: all
+	@EFFDET_BIN=$(abspath $(BUILD)/bin) bash tests/bench/gpu.sh --require-gpu
 
 clean:
 	rm -rf build

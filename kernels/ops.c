@@ -1,4 +1,4 @@
-/* ops.c: backend-neutral helpers of the op API: SAME shapes and backend selection. */
+/* ops.c: backend-neutral helpers of the op API: SAME shapes, precisions and backend selection. */
 #include "kernels/ops.h"
 
 #include <stdlib.h>
@@ -29,6 +29,20 @@ void pool_shape_same(PoolShape *s, int n, int h, int w, int c, int k, int stride
     s->kh = k, s->kw = k, s->stride = stride;
     same_padding(h, k, stride, &s->oh, &s->pad_top);
     same_padding(w, k, stride, &s->ow, &s->pad_left);
+}
+
+const char *precision_name(Precision p)
+{
+    return p == PREC_FP16 ? "fp16" : p == PREC_BF16 ? "bf16" : "fp32";
+}
+
+int precision_parse(const char *s, Precision *p, Err *err)
+{
+    if (!strcmp(s, "fp16")) *p = PREC_FP16;
+    else if (!strcmp(s, "bf16")) *p = PREC_BF16;
+    else if (!strcmp(s, "fp32")) *p = PREC_FP32;
+    else return err_set(err, "--amp-dtype %s: expected fp16, bf16 or fp32", s);
+    return 0;
 }
 
 const Ops *ops_for_device(const char *device, int *device_index, Err *err)

@@ -21,6 +21,17 @@
  *   inputs, heads shared across levels) need no special case. `dx` arguments may be NULL when the
  *   input needs no gradient (the network input, frozen layers).
  * - Ops never allocate; scratch space comes from OpsCtx, sized by ops->workspace_bytes at plan time.
+ * - Mixed precision (Ops.set_precision with PREC_FP16 or PREC_BF16, as autocast runs a network):
+ *   activation tensors, that is every NHWC map an op reads or writes (in/out/x/a/b/ins of forward
+ *   ops, dy/dx/dst/src/dins of backward ops, cls/box/dcls/dbox of detection_loss, cls/box of
+ *   detect), hold 2-byte elements of that type. Their pointers keep the type float * and their
+ *   buffers keep fp32 sizes (the first half is used), so the model code is the same in every
+ *   precision; host data crosses with act_upload/act_download. Everything else stays fp32:
+ *   parameters and their gradients, BN running statistics and save_mean/save_invstd, SE's
+ *   pooled/hidden/gate, fusion edge weights, anchors, targets, losses and scalars. Ops compute in
+ *   fp32 and round when they store (a backward op's dx += rounds the sum). Regular convolutions
+ *   read their weights from the copy cast_params made in the activation type (their bias stays
+ *   fp32); depthwise convolutions, BN, SE and fusion read the fp32 parameters.
  */
 #ifndef EFFDET_OPS_H
 #define EFFDET_OPS_H
@@ -31,8 +42,14 @@
 #include "shared/err.h"
 
 typedef struct OpsCtx OpsCtx; /* backend state: stream, library handles, workspace */
+/* A data-parallel communicator (worker/comm.h). Forward-declared, since kernels do not depend on
+ * worker/; comm.h repeats this identical typedef, which C11 (and C++) allow. */
+typedef struct Comm Comm;
 
 typedef enum { ACT_NONE = 0, ACT_SILU = 1, ACT_SIGMOID = 2 } Act;
+
+/* The storage type of activations and their gradients (see Conventions). */
+typedef enum { PREC_FP32 = 0, PREC_FP16 = 1, PREC_BF16 = 2 } Precision;
 
 /* A 2-D convolution, regular (groups = 1) or depthwise (Cout == Cin). */
 typedef struct ConvShape {
@@ -74,6 +91,10 @@ typedef struct Ops {
     void (*mem_upload)(OpsCtx *ctx, void *dst, const void *host_src, size_t bytes);
     void (*mem_download)(OpsCtx *ctx, void *host_dst, const void *src, size_t bytes);
     void (*mem_zero)(OpsCtx *ctx, void *p, size_t bytes);
+    /* Host fp32 values to and from an activation tensor, converted to and from the context's
+     * activation type (plain copies in fp32). */
+    void (*act_upload)(OpsCtx *ctx, float *dst, const float *host_src, size_t count);
+    void (*act_download)(OpsCtx *ctx, float *host_dst, const float *src, size_t count);
     void (*sync)(OpsCtx *ctx);
     /* Scratch bytes a convolution of this shape needs (im2col and the like); the model sizes the
      * context's workspace once with the maximum over its convolutions. */
@@ -172,7 +193,8 @@ typedef struct Ops {
      * loss[1] += sum huber / (4 norm), where norm = (positive anchors over the whole batch) + 1,
      * the same value for every level's call. dcls = d loss[0] / d cls (0 for ignored anchors) and
      * dbox = box_weight * d loss[1] / d box (0 for masked components; as in effdet, the box mask is
-     * the target's zeros alone, whatever the class target) (=, not +=): the gradients
+     * the target's zeros alone, whatever the class target) (=, not +=), both multiplied by
+     * loss_scale (mixed-precision loss scaling; 1 otherwise; the losses are not): the gradients
      * of total = loss[0] + box_weight * loss[1]. dcls/dbox may be NULL (loss only).
      * cls (rows, A*C) logits, box (rows, A*4); cls_target (rows*A) int32: class channel
      * 0..C-1, -1 background, -2 ignore; box_target (rows*A, 4) (ty, tx, th, tw), components
@@ -183,7 +205,8 @@ typedef struct Ops {
     void (*detection_loss)(OpsCtx *ctx, float *loss, float *dcls, float *dbox, const float *cls,
                            const float *box, const int32_t *cls_target, const float *box_target,
                            size_t rows, int anchors, int classes, float norm, float alpha,
-                           float gamma, float delta, float box_weight, float label_smoothing);
+                           float gamma, float delta, float box_weight, float label_smoothing,
+                           float loss_scale);
 
     /* sum of squares of count values into *out (backend memory, one float; =). */
     void (*sum_squares)(OpsCtx *ctx, float *out, const float *x, size_t count);
@@ -203,6 +226,28 @@ typedef struct Ops {
      * mantissa, about 1e-3 relative; off, the default: exact fp32). NULL on the CPU. */
     void (*set_tf32)(OpsCtx *ctx, int on);
 
+    /* Mixed precision (see Conventions): the activation type of every later op of this context.
+     * Called once, before the model is planned and any activation written; PREC_FP32 is the
+     * default. Fails, naming the type, where the backend cannot store it. NULL: fp32 only. */
+    int (*set_precision)(OpsCtx *ctx, Precision p, Err *err);
+    /* Under mixed precision, the regular convolutions' copy of the parameter block: the count
+     * floats of params (backend memory) rounded to the activation type into the context's copy,
+     * at the same offsets (the first call allocates it; later calls pass the same block). The
+     * model calls it whenever the weights change (loads, every optimizer step). Fails only when
+     * the copy cannot be allocated. A no-op in fp32. Non-NULL wherever set_precision is. */
+    int (*cast_params)(OpsCtx *ctx, const float *params, size_t count, Err *err);
+
+    /* Timers in stream order, for per-op profiles (effdet bench --profile). timer_reserve makes
+     * slots 0..slots-1 exist (fewer than before: nothing to do; fails, naming the count, where
+     * they cannot be made); timer_mark records in a slot the time at which every op issued before
+     * it has finished (it does not wait); timer_elapsed_ms waits until both marks are reached and
+     * returns the milliseconds from `from` to `to`; both slots must have been marked. A mark
+     * costs a few microseconds of issue time, so a profiled pass runs a little slower than a
+     * plain one. The CPU's ops are synchronous: a mark reads the clock. NULL: no timers. */
+    int (*timer_reserve)(OpsCtx *ctx, int slots, Err *err);
+    void (*timer_mark)(OpsCtx *ctx, int slot);
+    double (*timer_elapsed_ms)(OpsCtx *ctx, int from, int to);
+
     /* Data-parallel batch norm: train-mode BN statistics (forward: the per-channel sums for the
      * mean, then of squared deviations around the global mean; backward: the sums of dz and
      * dz*xhat) are summed over all ranks through sync->allreduce, with rows * sync->world values
@@ -211,6 +256,16 @@ typedef struct Ops {
      * leaves the statistics undefined; its callback must remember the failure. The context keeps a
      * copy of *sync (sync->arg must outlive it). NULL sync: local statistics (the default). */
     void (*set_bn_sync)(OpsCtx *ctx, const BnSync *sync);
+
+    /* Data parallelism over device memory: a communicator (worker/comm.h) for the same ranks as
+     * `bootstrap`, whose allreduce_f32 sums this context's memory in order with the context's
+     * other work (Comm.device_memory = 1; allreduce_f64 still takes host doubles). bootstrap is a
+     * host communicator (comm_shm_open), used only while opening, to pass the library's unique id
+     * from rank 0 to the others; the caller keeps it open while the new one lives, and closes
+     * the new one first, before the context is destroyed. Each rank's context is on its own GPU.
+     * Any wait longer than timeout_ms fails, and a failure leaves the communicator broken, as
+     * comm.h says. NULL: not offered (the CPU backend, a CUDA build without NCCL). */
+    Comm *(*comm_open)(OpsCtx *ctx, Comm *bootstrap, int timeout_ms, Err *err);
 
     /* Training targets of a batch on the backend, worker/labeler.h's rules and its level-major
      * output layout, bit for bit. anchors (count, 4) yxyx (backend); level_start (num_levels + 1)
@@ -238,12 +293,40 @@ typedef struct Ops {
                    const float *const *box, const float *anchors, int count,
                    const int *level_start, int num_levels, int batch, int anchors_per_loc,
                    int classes, int k, float iou_thresh, int max_det);
+
+    /* Graphs: record the work ops queue on the context, then replay it with one launch (at batch
+     * 1, D0's ~400 kernel launches cost more than their work). graph_begin starts recording:
+     * later ops of this context are recorded, not run, until graph_end, which turns the recording
+     * into the graph of slot id (0 to 3), replacing an older graph there. graph_launch runs slot
+     * id's graph, in order with the context's other work. A graph replays its ops with the
+     * pointers and parameters they had when recorded, reading whatever those buffers hold at
+     * launch: it stays valid while none of its buffers moves (a model's plan, params, buffers and
+     * the workspace; graph_launch refuses a graph whose workspace has grown since). Between begin
+     * and end, nothing may allocate (mem_alloc, a growing workspace_reserve: they fail, and so
+     * does graph_end, leaving the context usable) or wait for the device (mem_download, sync, an
+     * upload from unregistered memory: a bug, which the backend stops at as at any failed call).
+     * NULL: not offered (the CPU backend). */
+    int (*graph_begin)(OpsCtx *ctx, Err *err);
+    int (*graph_end)(OpsCtx *ctx, int id, Err *err);
+    int (*graph_launch)(OpsCtx *ctx, int id, Err *err);
+    /* Pinned host memory: registers bytes at p (a read-only mapping is fine, e.g. shared-memory
+     * batch slots) so that uploads from it are DMA transfers, asynchronous with respect to the
+     * host: the caller must leave the memory unchanged until the context has waited for them (its
+     * next download or sync). host_unregister waits for the context's queued work, and must come
+     * before the memory is freed or unmapped. Fails on memory registered already. NULL: not
+     * offered (the CPU backend, whose uploads are plain copies). */
+    int (*host_register)(OpsCtx *ctx, void *p, size_t bytes, Err *err);
+    void (*host_unregister)(OpsCtx *ctx, void *p);
 } Ops;
 
 /* The backends. ops_cuda() returns NULL (and fills err) where the CUDA backend was not built or no
  * GPU is usable. */
 const Ops *ops_cpu(void);
 const Ops *ops_cuda(Err *err);
+
+/* "fp32", "fp16", "bf16", and back (the --amp-dtype spelling); parse fails with one line. */
+const char *precision_name(Precision p);
+int precision_parse(const char *s, Precision *p, Err *err);
 
 /* Picks a backend from a --device string: "cpu", "cuda" or "cuda:N". */
 const Ops *ops_for_device(const char *device, int *device_index, Err *err);

@@ -43,13 +43,14 @@ static const char *USAGE =
     "effdet bench --mode augment|handoff|data|pipeline (--data DIR | --ann FILE --images DIR) "
     "--image-size HxW [--batch-size B] "
     "[--loaders N] [--augmenters M] [--procs P] [--seconds S] [--json] "
-    "[--model NAME] [--device D] [--no-step | --consumer train|none]";
+    "[--model NAME] [--device D] [--amp] [--amp-dtype fp16|bf16] [--no-step | --consumer train|none]";
 
 typedef struct DataBenchArgs {
     const char *mode, *data, *ann, *images, *model, *device;
     long batch, loaders, augmenters, procs;
     double seconds;
     int h, w, json, step;
+    Precision precision; /* the train step's activations (--amp) */
 } DataBenchArgs;
 
 static double now_s(void)
@@ -69,7 +70,8 @@ static int parse(int argc, char **argv, DataBenchArgs *a, Err *err)
         {"json", no_argument, 0, 'j'},          {"ann", required_argument, 0, 'A'},
         {"images", required_argument, 0, 'I'},  {"model", required_argument, 0, 'M'},
         {"device", required_argument, 0, 'd'},  {"no-step", no_argument, 0, 'n'},
-        {"consumer", required_argument, 0, 'c'}, {0, 0, 0, 0}};
+        {"consumer", required_argument, 0, 'c'}, {"amp", no_argument, 0, 'P'},
+        {"amp-dtype", required_argument, 0, 'Q'}, {0, 0, 0, 0}};
     *a = (DataBenchArgs){.batch = 8, .loaders = 1, .augmenters = 1, .procs = 1, .seconds = 5,
                          .h = 512, .w = 512, .model = "tf_efficientdet_d0", .device = "cpu",
                          .step = 1};
@@ -85,6 +87,8 @@ static int parse(int argc, char **argv, DataBenchArgs *a, Err *err)
         case 'M': a->model = optarg; break;
         case 'd': a->device = optarg; break;
         case 'n': a->step = 0; break;
+        case 'P': if (a->precision == PREC_FP32) a->precision = PREC_FP16; break;
+        case 'Q': if (precision_parse(optarg, &a->precision, err)) return -1; break;
         case 'c':
             if (strcmp(optarg, "train") && strcmp(optarg, "none"))
                 return err_set(err, "--consumer %s: expected train or none", optarg);
@@ -549,8 +553,10 @@ static int pipeline_train_bench(const DataBenchArgs *a, PipelineFigures *f, Err 
         TrainSettings ts;
         train_settings_default(&ts, a->model, ncls, (int)a->batch, a->h, a->w);
         ts.total_steps = 1000000; /* the schedule does not matter to the speed */
+        ts.precision = a->precision;
         rc = trainer_init(&t, &ts, a->device, NULL, err);
         have_trainer = rc == 0;
+        if (have_trainer) batch_stream_pin(&s, t.model.ops, t.model.ctx); /* as the worker does */
     }
     if (rc == 0) rc = pipeline_loop(a, &s, have_trainer ? &t : NULL, l, f, err);
     if (rc == 0) {
@@ -561,8 +567,9 @@ static int pipeline_train_bench(const DataBenchArgs *a, PipelineFigures *f, Err 
         f->queue_depth = fmax(0, f->augment.held - f->step_frac);
         pick_limit(f);
     }
-    if (have_trainer) trainer_free(&t);
+    /* The stream first: it unregisters its pinned slots through the trainer's context. */
     if (have_stream) batch_stream_free(&s);
+    if (have_trainer) trainer_free(&t);
     if (l) zmq_util_close(&l->sock);
     free(l);
     zmq_util_ctx_term(zctx);

@@ -34,7 +34,8 @@
 static const char *USAGE =
     "effdet eval --gt GT.json --dets DETS.json [--json] | effdet eval --weights FILE|random "
     "--model NAME (--data DIR | --ann FILE --images DIR) [--num-classes N] [--image-size HxW] "
-    "[--device cpu|cuda[:N]] [--batch-size B] [--out results.json] [--json]";
+    "[--device cpu|cuda[:N]] [--amp] [--amp-dtype fp16|bf16] [--batch-size B] [--out results.json] "
+    "[--json]";
 
 static double eval_now(void)
 {
@@ -123,6 +124,7 @@ int cmd_eval(int argc, char **argv)
         {"images", required_argument, 0, 'I'},      {"num-classes", required_argument, 0, 'n'},
         {"image-size", required_argument, 0, 's'},  {"device", required_argument, 0, 'D'},
         {"batch-size", required_argument, 0, 'b'},  {"out", required_argument, 0, 'o'},
+        {"amp", no_argument, 0, 'P'},               {"amp-dtype", required_argument, 0, 'Q'},
         {0, 0, 0, 0}};
     const char *gt_path = NULL, *dets_path = NULL;
     InferEvalJob job = {.o = {.device = "cpu", .batch = 1}};
@@ -150,6 +152,8 @@ int cmd_eval(int argc, char **argv)
         case 'D': job.o.device = optarg; break;
         case 'b': if (cli_parse_int("--batch-size", optarg, 1, 4096, &v, &err)) return cli_fail("eval", &err); job.o.batch = (int)v; break;
         case 'o': job.out = optarg; break;
+        case 'P': if (job.o.precision == PREC_FP32) job.o.precision = PREC_FP16; break;
+        case 'Q': if (precision_parse(optarg, &job.o.precision, &err)) return cli_fail("eval", &err); break;
         default:
             fprintf(stderr, "effdet eval: bad option %s (usage: %s)\n", argv[optind - 1], USAGE);
             return 2;

@@ -40,7 +40,7 @@
 
 static const char *USAGE =
     "effdet infer --model NAME --weights FILE|random [--num-classes N] [--image-size HxW] "
-    "[--batch-size B] [--device cpu|cuda[:N]] [--score-thresh T] "
+    "[--batch-size B] [--device cpu|cuda[:N]] [--amp] [--amp-dtype fp16|bf16] [--score-thresh T] "
     "(PATH... [--draw DIR] [--draw-thresh T] | --data DIR | --ann FILE --images DIR) "
     "--out results.json [--metrics FILE]  (PATH: a JPEG, or a directory of *.jpg/*.jpeg)";
 
@@ -86,6 +86,7 @@ static int parse(int argc, char **argv, InferArgs *a, Err *err)
         {"draw-thresh", required_argument, 0, 'T'}, {"out", required_argument, 0, 'o'},
         {"data", required_argument, 0, 'a'},       {"ann", required_argument, 0, 'A'},
         {"images", required_argument, 0, 'I'},     {"metrics", required_argument, 0, 'M'},
+        {"amp", no_argument, 0, 'P'},              {"amp-dtype", required_argument, 0, 'Q'},
         {0, 0, 0, 0}};
     memset(a, 0, sizeof *a);
     a->o.device = "cpu", a->o.batch = 1, a->draw_thresh = 0.3;
@@ -112,6 +113,8 @@ static int parse(int argc, char **argv, InferArgs *a, Err *err)
         case 'A': a->ann = optarg; break;
         case 'I': a->images_dir = optarg; break;
         case 'M': a->metrics = optarg; break;
+        case 'P': if (a->o.precision == PREC_FP32) a->o.precision = PREC_FP16; break;
+        case 'Q': if (precision_parse(optarg, &a->o.precision, err)) return -1; break;
         default: return err_set(err, "unknown option (usage: %s)", USAGE);
         }
     }

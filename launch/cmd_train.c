@@ -81,6 +81,7 @@ typedef struct Run {
     BatchStream bs;
     int streaming;
     Comm *comm;
+    Comm *comm_boot;      /* the shared-memory comm that opened a device comm (NCCL), or NULL */
     ZmqSocket coord;
     char aug_eps[DATA_PIPELINE_MAX][ZMQ_UTIL_ENDPOINT_CAP]; /* BatchStream keeps pointers to them */
     const char *aug_ptrs[DATA_PIPELINE_MAX];
@@ -93,9 +94,11 @@ static void run_free(Run *r)
     zmq_util_close(&r->coord);
     zmq_util_ctx_term(r->zctx);
     r->zctx = NULL;
-    trainer_free(&r->t);
+    /* The comms before the trainer: a device comm works on the model's context. */
     comm_close(r->comm);
-    r->comm = NULL;
+    comm_close(r->comm_boot);
+    r->comm = r->comm_boot = NULL;
+    trainer_free(&r->t);
     train_sampler_free(&r->sampler);
     dataset_free(&r->ds);
     free(r->images), free(r->targets), free(r->boxes), free(r->classes), free(r->crowd);
@@ -219,9 +222,21 @@ static int worker_connect(Run *r, Err *err)
     ZmqSocketConfig sc = {.type = ZMQ_PUSH, .max_msg_bytes = -1, .linger_ms = 2000};
     if (zmq_util_connect(&r->coord, r->zctx, &sc, a->coord, err) != 0) return -1;
     if (a->world > 1) {
-        r->comm = comm_shm_open(a->comm, (int)a->rank, (int)a->world, r->t.model.table.n_params,
-                                (int)(a->hang_s * 1000), err);
-        if (!r->comm || trainer_set_comm(&r->t, r->comm, a->sync_bn, err) != 0) return -1;
+        /* A GPU backend with a communicator of its own (NCCL) sums the gradients in device
+         * memory; the shared-memory comm then only bootstraps it, so it needs no f32 slots. */
+        const Ops *o = r->t.model.ops;
+        int device_comm = !o->host_memory && o->comm_open;
+        int timeout_ms = (int)(a->hang_s * 1000);
+        Comm *shm = comm_shm_open(a->comm, (int)a->rank, (int)a->world,
+                                  device_comm ? 1 : r->t.model.table.n_params, timeout_ms, err);
+        if (!shm) return -1;
+        if (device_comm) {
+            r->comm_boot = shm;
+            if (!(r->comm = o->comm_open(r->t.model.ctx, shm, timeout_ms, err))) return -1;
+        } else {
+            r->comm = shm;
+        }
+        if (trainer_set_comm(&r->t, r->comm, a->sync_bn, err) != 0) return -1;
     }
     char (*eps)[ZMQ_UTIL_ENDPOINT_CAP] = r->aug_eps;
     const char **ptrs = r->aug_ptrs;
@@ -245,6 +260,8 @@ static int worker_connect(Run *r, Err *err)
                             .limits = wire_limits_default()};
     if (batch_stream_init(&r->bs, r->zctx, &bc, err) < 0) return -1;
     r->streaming = 1;
+    /* Batches straight from the shared-memory slots by DMA (where the backend can pin them). */
+    batch_stream_pin(&r->bs, r->t.model.ops, r->t.model.ctx);
     WireWriter w;
     wire_writer_init(&w, "hello", 3);
     wire_put_uint(&w, "rank", (uint64_t)a->rank);
@@ -361,8 +378,11 @@ static int train_loop(Run *r, Err *err)
             batch_stream_release(&r->bs, &bt);
         } else if (r->t.step % r->a.log_interval == 0 || r->t.step == total) {
             printf("epoch %ld step %ld/%ld: loss %.4f (class %.4f box %.5f) lr %.5f grad norm %.3f "
-                   "%.2f img/s\n", epoch, r->t.step, total, st.loss, st.class_loss, st.box_loss,
+                   "%.2f img/s", epoch, r->t.step, total, st.loss, st.class_loss, st.box_loss,
                    st.lr, st.grad_norm, ips);
+            if (r->t.s.precision == PREC_FP16) /* after an overflow the scale shows the halving */
+                printf(" loss scale %g (%ld steps skipped)", r->t.loss_scale, r->t.skipped_steps);
+            printf("\n");
             fflush(stdout);
         }
         if (r->t.step % spe) continue;

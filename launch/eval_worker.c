@@ -7,6 +7,7 @@
  *
  *   effdet eval-worker --model NAME --num-classes K --image-size HxW --batch-size B --device D
  *     --weights SNAPSHOT --epoch E --send EVALUATOR_ENDPOINT --coord ENDPOINT [--tf32]
+ *     [--amp-dtype fp16|bf16]
  *     --data DIR | --ann FILE --images DIR
  *
  * Started and supervised by the coordinator; exit 0 once everything is sent (the PUSH socket
@@ -44,6 +45,7 @@ static int parse(int argc, char **argv, EvalWorker *e, Err *err)
         {"device", required_argument, 0, 'd'}, {"weights", required_argument, 0, 'W'},
         {"epoch", required_argument, 0, 'e'}, {"send", required_argument, 0, 'S'},
         {"coord", required_argument, 0, 'C'}, {"tf32", no_argument, 0, 'T'},
+        {"amp-dtype", required_argument, 0, 'P'},
         {"data", required_argument, 0, 'D'}, {"ann", required_argument, 0, 'A'},
         {"images", required_argument, 0, 'I'}, {0, 0, 0, 0}};
     e->o = (InferOptions){.model = "tf_efficientdet_d0", .device = "cpu", .batch = 1};
@@ -62,6 +64,7 @@ static int parse(int argc, char **argv, EvalWorker *e, Err *err)
         case 'S': e->send = optarg; break;
         case 'C': e->coord = optarg; break;
         case 'T': e->o.tf32 = 1; break;
+        case 'P': if (precision_parse(optarg, &e->o.precision, err)) return -1; break;
         case 'D': e->data = optarg; break;
         case 'A': e->ann = optarg; break;
         case 'I': e->images = optarg; break;

@@ -26,6 +26,7 @@ int infer_pipeline_init(InferPipeline *p, const InferOptions *o, Err *err)
     p->score_thresh = o->score_thresh;
     if (model_create(&p->model, &p->cfg, ops, dev, err) != 0) return -1;
     int rc = model_set_tf32(&p->model, o->tf32, err);
+    if (rc == 0) rc = model_set_precision(&p->model, o->precision, err);
     if (rc == 0) rc = o->weights_later ? 0
              : o->weights     ? model_load_weights(&p->model, o->weights, err)
                               : model_init_random(&p->model, 1234, err);
@@ -108,13 +109,14 @@ int infer_pipeline_run(InferPipeline *p, int n, InferResult *res, Err *err)
     /* Failed slots are zero-filled so the batch stays well defined; their results are dropped. */
     for (int i = 0; i < n; i++)
         if (!p->slots[i].ok) memset(p->host_input + (size_t)i * p->h * p->w * 3, 0, (size_t)p->h * p->w * 3 * sizeof(float));
-    m->ops->mem_upload(m->ctx, m->input.p, p->host_input, (size_t)p->batch * p->h * p->w * 3 * sizeof(float));
-    model_forward(m);
+    model_upload_input(m, p->host_input);
     for (int i = 0; i < n; i++) {
         p->img_scale[i] = p->slots[i].img_scale;
         p->orig_w[i] = p->slots[i].orig_w, p->orig_h[i] = p->slots[i].orig_h;
     }
-    detector_run(&p->detector, n, p->img_scale, p->orig_w, p->orig_h, p->dets, res->count);
+    /* Forward + detections, replayed as one CUDA graph after the first batches. */
+    if (detector_infer(&p->detector, n, p->img_scale, p->orig_w, p->orig_h, p->dets, res->count, err) != 0)
+        return -1;
     res->dets = p->dets;
     for (int i = 0; i < n; i++) {
         Detection *d = p->dets + (size_t)i * c->max_det_per_image;

@@ -33,6 +33,7 @@ typedef struct InferOptions {
     int h, w;             /* model input; 0: the variant's native size */
     float score_thresh;   /* detections below are dropped */
     int tf32;             /* --tf32 (CUDA) */
+    Precision precision;  /* --amp: activations in fp16 or bf16 */
 } InferOptions;
 
 typedef struct InferSlot {

@@ -2,6 +2,7 @@
 #include "launch/train_args.h"
 
 #include <getopt.h>
+#include <math.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -16,6 +17,7 @@ const char *const TRAIN_USAGE =
     "[--initial-checkpoint FILE] [--keep K] [--eval-interval E] [--skip-bad-images] "
     "[--log-interval N] [--checkpoint-interval E] [--bn-momentum M] [--smoothing S] [--remove-weights PREFIX...] "
     "[--freeze-layers PREFIX...] [--head-only] [--pretrained-backbone FILE] [--device D] [--tf32] "
+    "[--amp] [--amp-dtype fp16|bf16] [--loss-scale S] "
     "[--loaders N --augmenters M [--devices cpu,cpu|cuda:0,...] [--sync-bn] [--max-restarts N] "
     "[--val-data DIR | --val-ann FILE --val-images DIR] [--hang-timeout S]]";
 
@@ -58,7 +60,8 @@ int train_args_parse(int argc, char **argv, TrainArgs *a, int worker, Err *err)
 {
     enum { O_NOEMA = 256, O_EMA, O_SKIP, O_REMOVE, O_FREEZE, O_HEAD_ONLY, O_BACKBONE, O_LOADERS,
            O_AUGMENTERS, O_TF32, O_DEVICES, O_SYNC_BN, O_MAX_RESTARTS, O_VAL_DATA, O_VAL_ANN,
-           O_VAL_IMAGES, O_HANG, O_FAULT, O_RANK, O_WORLD, O_CONNECT, O_COORD, O_COMM };
+           O_VAL_IMAGES, O_HANG, O_FAULT, O_RANK, O_WORLD, O_CONNECT, O_COORD, O_COMM, O_AMP,
+           O_AMP_DTYPE, O_LOSS_SCALE };
     static const struct option opts[] = {
         {"data", required_argument, 0, 'D'}, {"ann", required_argument, 0, 'A'},
         {"images", required_argument, 0, 'I'}, {"model", required_argument, 0, 'm'},
@@ -80,7 +83,9 @@ int train_args_parse(int argc, char **argv, TrainArgs *a, int worker, Err *err)
         {"pretrained-backbone", required_argument, 0, O_BACKBONE},
         {"loaders", required_argument, 0, O_LOADERS},
         {"augmenters", required_argument, 0, O_AUGMENTERS},
-        {"tf32", no_argument, 0, O_TF32},
+        {"tf32", no_argument, 0, O_TF32}, {"amp", no_argument, 0, O_AMP},
+        {"amp-dtype", required_argument, 0, O_AMP_DTYPE},
+        {"loss-scale", required_argument, 0, O_LOSS_SCALE},
         {"devices", required_argument, 0, O_DEVICES}, {"sync-bn", no_argument, 0, O_SYNC_BN},
         {"max-restarts", required_argument, 0, O_MAX_RESTARTS},
         {"val-data", required_argument, 0, O_VAL_DATA}, {"val-ann", required_argument, 0, O_VAL_ANN},
@@ -93,7 +98,7 @@ int train_args_parse(int argc, char **argv, TrainArgs *a, int worker, Err *err)
     *a = (TrainArgs){.model = "tf_efficientdet_d0", .output = "effdet-train", .device = "cpu",
                      .batch = 8, .epochs = 10, .seed = 42, .keep = 3, .eval_interval = 0,
                      .log_interval = 10, .ckpt_interval = 1, .lr = 0.08, .warmup_epochs = 1.0, .ema_decay = 0.9998,
-                     .ema = 1, .max_restarts = 3, .hang_s = 600, .world = 1};
+                     .ema = 1, .max_restarts = 3, .hang_s = 600, .world = 1, .loss_scale = 65536};
     int opt;
     optind = 1;
     while ((opt = getopt_long(argc, argv, "", opts, NULL)) != -1) {
@@ -121,6 +126,9 @@ int train_args_parse(int argc, char **argv, TrainArgs *a, int worker, Err *err)
         case 'L': if (cli_parse_int("--log-interval", optarg, 1, 1000000, &a->log_interval, err)) return -1; break;
         case 'd': a->device = optarg; break;
         case O_TF32: a->tf32 = 1; break;
+        case O_AMP: if (a->precision == PREC_FP32) a->precision = PREC_FP16; break;
+        case O_AMP_DTYPE: if (precision_parse(optarg, &a->precision, err)) return -1; break;
+        case O_LOSS_SCALE: if (cli_parse_float("--loss-scale", optarg, 0x1p-24, 0x1p100, &a->loss_scale, err)) return -1; break;
         case 'Z': if (cli_parse_float("--smoothing", optarg, 0, 1, &a->smoothing, err)) return -1; break;
         case 'B': if (cli_parse_float("--bn-momentum", optarg, 1e-6, 1, &a->bn_momentum, err)) return -1; break;
         case 'c': if (cli_parse_int("--checkpoint-interval", optarg, 1, 1000000, &a->ckpt_interval, err)) return -1; break;
@@ -163,6 +171,9 @@ int train_args_parse(int argc, char **argv, TrainArgs *a, int worker, Err *err)
     else memcpy(a->val_ann_buf, a->ann_buf, sizeof a->ann_buf);
     if (a->sync_bn && a->n_devices < 2)
         return err_set(err, "--sync-bn needs at least two --devices");
+    int exp;
+    if (frexp(a->loss_scale, &exp) != 0.5) /* so that unscaling is exact (worker/trainer.h) */
+        return err_set(err, "--loss-scale %g: expected a power of two (1, 2, ..., 65536, ...)", a->loss_scale);
     if (worker && a->world > 1 && !a->comm) return err_set(err, "a worker of %ld needs --comm", a->world);
     if (worker && (!a->connect || !a->coord)) return err_set(err, "a worker needs --connect and --coord");
     return 0;
@@ -183,6 +194,7 @@ void train_args_settings(const TrainArgs *a, const ModelConfig *cfg, int num_cla
     s->ema = a->ema, s->ema_decay = a->ema_decay, s->seed = (uint64_t)a->seed;
     s->bn_momentum = a->bn_momentum;
     s->tf32 = a->tf32;
+    s->precision = a->precision, s->loss_scale_init = a->loss_scale;
     s->label_smoothing = a->smoothing;
     for (int i = 0; i < a->n_freeze; i++) snprintf(s->freeze[i], sizeof s->freeze[i], "%s", a->freeze[i]);
     for (int i = 0; i < a->n_remove; i++)

@@ -18,6 +18,8 @@ typedef struct TrainArgs {
     long max_restarts;
     double lr, warmup_epochs, ema_decay, bn_momentum, smoothing, hang_s;
     int h, w, ema, skip_bad, head_only, tf32, sync_bn;
+    Precision precision;      /* --amp (fp16), --amp-dtype */
+    double loss_scale;        /* --loss-scale: fp16's starting loss scale */
     const char *freeze[TRAIN_MAX_PREFIXES], *remove[TRAIN_MAX_PREFIXES];
     int n_freeze, n_remove;
     char devices[TRAIN_MAX_DEVICES][TRAIN_DEVICE_CAP]; /* --devices cpu,cpu | cuda:0,cuda:1 */

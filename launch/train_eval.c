@@ -43,7 +43,7 @@ int train_evaluate(const TrainSettings *s, const char *device, const float *para
     InferOptions o = {.model = s->model, .device = device, .num_classes = s->num_classes,
                       .weights_later = 1,
                       .batch = s->batch, .h = s->h, .w = s->w, .score_thresh = 0.0f,
-                      .tf32 = s->tf32};
+                      .tf32 = s->tf32, .precision = s->precision};
     CocoEval *ev = NULL;
     CocoDetection *dets = NULL;
     int rc = -1;

@@ -94,6 +94,7 @@ static int argv_for(void *app, ProcRole role, int index, const CoordSpawn *sp, A
         argv_buf_add(o, "--send"), argv_buf_add(o, "%s", t->eval_ep);
         argv_buf_add(o, "--coord"), argv_buf_add(o, "%s", t->coord_ep);
         if (a->tf32) argv_buf_add(o, "--tf32");
+        if (a->precision != PREC_FP32) argv_buf_add(o, "--amp-dtype=%s", precision_name(a->precision));
         add_dataset(o, a, 1);
         return 0;
     default:

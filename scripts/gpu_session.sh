@@ -4,7 +4,8 @@
 # tests (op tests against the CPU, end-to-end GPU training and inference), the fixture parity on
 # CUDA and on the CPU, and the benchmarks. Everything it prints goes to $OUT/gpu_session.log too.
 #   here:   make && bash scripts/runtime-debs.sh && cp -r ../shared/fixtures/effdet_d0_128 .fixtures/
-#   device: command "bash scripts/gpu_session.sh [tests|parity|bench]..." (default: all three),
+#   device: command "bash scripts/gpu_session.sh [tests|parity|bench|profile|pipeline|diag]..."
+#           (default: tests parity bench),
 #           carry [".debs", "build/bin", "build/lib", "build/tests/gpu", "build/tests/tools", ".fixtures"]
 #           (all of build/ is too large to travel; ../shared does not travel, hence .fixtures).
 set -u
@@ -43,15 +44,31 @@ for part in $parts; do
   parity)
     step "parity --device cuda" timeout 120 build/bin/effdet parity "$FIX/effdet_d0_128" --out "$OUT/parity_cuda.safetensors" --device cuda
     step "parity --device cpu" timeout 120 build/bin/effdet parity "$FIX/effdet_d0_128" --out "$OUT/parity_cpu.safetensors" --device cpu ;;
-  bench)
-    for mode in forward infer train; do
-      for b in 1 8 64; do
-        [ $mode = train ] && [ $b = 1 ] && continue
-        for prec in "" --tf32; do
-          step "bench $mode b$b ${prec:-fp32}" timeout 120 build/bin/effdet bench --mode $mode --device cuda \
-            --batch-size $b --image-size 512x512 --iters 10 --warmup 3 $prec --json
-        done
-      done
+  bench) # issue #8's figures: D0 512x512 train b64 fp16/bf16/TF32, infer b64/b1 fp16, a profile
+    step "bench-gpu (tests/bench/gpu.sh)" timeout 540 bash tests/bench/gpu.sh --require-gpu ;;
+  profile) # where the time goes: per-kind tables (effdet bench --profile), then nsys's per-kernel
+           # times and ncu's measured DRAM bytes where those tools are installed
+    P=(--model tf_efficientdet_d0 --device cuda --image-size 512x512 --iters 5 --warmup 3 --profile)
+    step "profile train b64 fp16" timeout 180 build/bin/effdet bench --mode train --batch-size 64 --amp "${P[@]}"
+    step "profile train b64 fp32" timeout 180 build/bin/effdet bench --mode train --batch-size 64 "${P[@]}"
+    step "profile infer b64 fp16" timeout 120 build/bin/effdet bench --mode infer --batch-size 64 --amp "${P[@]}"
+    step "profile infer b1 fp16" timeout 120 build/bin/effdet bench --mode infer --batch-size 1 --amp "${P[@]}"
+    if command -v nsys >/dev/null; then
+      step "nsys train b64 fp16" timeout 300 nsys profile --stats=true --force-overwrite true \
+        -o "$OUT/nsys_train_b64" build/bin/effdet bench --mode train --batch-size 64 --amp \
+        --model tf_efficientdet_d0 --device cuda --image-size 512x512 --iters 3 --warmup 1
+    fi
+    if command -v ncu >/dev/null; then # one forward of batch 8: DRAM bytes and time per kernel
+      step "ncu forward b8 fp16" timeout 300 ncu --metrics dram__bytes.sum,gpu__time_duration.sum \
+        --print-summary per-gpu --launch-count 3000 build/bin/effdet bench --mode forward \
+        --batch-size 8 --amp --model tf_efficientdet_d0 --device cuda --image-size 512x512 --iters 1 --warmup 0
+    fi ;;
+  pipeline) # issue #8 point 4: JPEGs through 4 loaders and 12 augmenters into the fp16 train step
+    D=/tmp/pipe; rm -rf $D
+    build/bin/effdet synth --out $D --images 512 --seed 3 --size 640x480 --classes 18 >/dev/null
+    for amp in --amp ""; do
+      step "pipeline b64 ${amp:-fp32}" timeout 180 build/bin/effdet bench --mode pipeline --data $D \
+        --image-size 512x512 --batch-size 64 --loaders 4 --augmenters 12 --device cuda $amp --seconds 30 --json
     done ;;
   diag) # determinism: two identical GPU runs, a resumed one, which tensors differ, and initcheck
     D=/tmp/diag; rm -rf $D; mkdir -p $D

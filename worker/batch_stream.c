@@ -11,6 +11,7 @@
 #include "loader/dataset.h"
 #include "loader/train_sample.h"
 #include "shared/check.h"
+#include "shared/log.h"
 #include "shared/stop_signal.h"
 
 static uint64_t key_of(uint32_t epoch, uint64_t b) { return (uint64_t)epoch << 32 | b; }
@@ -82,6 +83,42 @@ int batch_stream_init(BatchStream *s, void *zctx, const BatchStreamConfig *cfg, 
     return 0;
 }
 
+/* Registers the segments mapped since the last call (the client only appends to its list). */
+static void pin_new_segments(BatchStream *s)
+{
+    if (!s->pin_ops) return;
+    for (int i = 0; i < s->cli.n_segs; i++) {
+        ShmSegment *seg = &s->cli.segs[i];
+        if (s->pinned[i] || !seg->base) continue;
+        Err why;
+        if (s->pin_ops->host_register(s->pin_ctx, seg->base, seg->bytes, &why) == 0) {
+            s->pinned[i] = 1;
+            log_debug("batch stream: pinned %s (%.1f MB)", seg->name, seg->bytes / 1048576.0);
+        } else {
+            s->pinned[i] = 2;
+            log_warn("batch stream: cannot pin %s (%.1f MB), its batches upload from pageable "
+                     "memory: %s", seg->name, seg->bytes / 1048576.0, why.msg);
+        }
+    }
+}
+
+/* Before the segments are unmapped (stage_client_free). */
+static void unpin_segments(BatchStream *s)
+{
+    for (int i = 0; s->pin_ops && i < s->cli.n_segs; i++)
+        if (s->pinned[i] == 1) s->pin_ops->host_unregister(s->pin_ctx, s->cli.segs[i].base);
+    memset(s->pinned, 0, sizeof s->pinned);
+    s->pin_ops = NULL, s->pin_ctx = NULL;
+}
+
+void batch_stream_pin(BatchStream *s, const Ops *ops, OpsCtx *ctx)
+{
+    if (!ops->host_register || !ops->host_unregister) return; /* not offered: pageable uploads */
+    ASSERT(!s->pin_ops && ctx);
+    s->pin_ops = ops, s->pin_ctx = ctx;
+    pin_new_segments(s);
+}
+
 void batch_stream_free(BatchStream *s)
 {
     for (int i = 0; i < s->n_results; i++)
@@ -89,6 +126,7 @@ void batch_stream_free(BatchStream *s)
             stage_client_release(&s->cli, &s->results[i]);
             s->result_used[i] = 0;
         }
+    unpin_segments(s);
     stage_client_free(&s->cli);
     free(s->results), free(s->result_used), free(s->early), free(s->scratch_idx);
     free(s->orders[0]), free(s->orders[1]);
@@ -254,6 +292,7 @@ int batch_stream_next(BatchStream *s, Batch *b, int stop_fd, Err *err)
             continue;
         }
         s->result_used[i] = 1;
+        pin_new_segments(s); /* a result may come from a segment mapped by this poll */
         if (fill_batch(s, i, &s->early[i], err) < 0) return -1;
     }
 }

@@ -18,6 +18,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "kernels/ops.h"
 #include "shared/err.h"
 #include "shared/stage.h"
 
@@ -80,10 +81,26 @@ typedef struct BatchStream {
     Batch *early;             /* (n_results) the batch views of entries waiting their turn */
     int n_results;
     uint32_t *scratch_idx;    /* (batch) */
+    /* batch_stream_pin: the backend the augmenters' segments are registered with (NULL: none),
+     * and per mapped segment (StageClient.segs) 0 not yet tried, 1 registered, 2 refused. */
+    const Ops *pin_ops;
+    OpsCtx *pin_ctx;
+    uint8_t pinned[STAGE_MAX_SEGMENTS];
 } BatchStream;
 
 int batch_stream_init(BatchStream *s, void *zctx, const BatchStreamConfig *cfg, Err *err);
-void batch_stream_free(BatchStream *s); /* releases held batches too; idempotent */
+/* Releases held batches and unregisters pinned segments too (so ctx must still exist); idempotent. */
+void batch_stream_free(BatchStream *s);
+
+/* Pins the augmenters' shared-memory segments with the backend (Ops.host_register) so that
+ * uploads of batch images are DMA transfers, asynchronous to the host: the segments mapped now
+ * and each one mapped later (a restarted augmenter's). Nothing where the backend does not offer
+ * it (the CPU). A segment the backend refuses is one warning line, and its batches upload from
+ * pageable memory as before. Call once, any time after init; ctx must outlive the stream (or
+ * come after batch_stream_free). A pinned upload reads the slot after the upload call returns:
+ * a batch must be released only after the context has waited for the upload (the step's next
+ * download or sync), which the training loop does. */
+void batch_stream_pin(BatchStream *s, const Ops *ops, OpsCtx *ctx);
 
 /* Waits for the augmenters' welcome (dataset size, configuration check). 0, 1 when stop_fd became
  * readable, -1. */

@@ -61,14 +61,17 @@ int checkpoint_write(const char *path, const ParamTable *t, const char *model_na
             cursor += p->count;
             n++;
         }
-    char step[32], epoch[32], seed[32], classes[32], checksum[32];
+    char step[32], epoch[32], seed[32], classes[32], checksum[32], scale[40], scale_steps[32];
     snprintf(step, sizeof step, "%ld", s->step);
+    snprintf(scale, sizeof scale, "%.17g", s->loss_scale);
+    snprintf(scale_steps, sizeof scale_steps, "%ld", s->loss_scale_steps);
     snprintf(epoch, sizeof epoch, "%ld", s->epoch);
     snprintf(seed, sizeof seed, "%llu", (unsigned long long)s->seed);
     snprintf(classes, sizeof classes, "%d", num_classes);
     snprintf(checksum, sizeof checksum, "%016llx", (unsigned long long)sum);
     const char *meta[] = {"format", FORMAT, "version", "1", "model", model_name,
                           "num_classes", classes, "step", step, "epoch", epoch, "seed", seed,
+                          "loss_scale", scale, "loss_scale_steps", scale_steps,
                           "settings", s->settings, "checksum", checksum};
     rc = st_write(path, ts, n, meta, (int)(sizeof meta / sizeof meta[0] / 2), err);
 done:
@@ -158,6 +161,8 @@ int checkpoint_read(const char *path, const ParamTable *t, const char *model_nam
     s->step = meta_long(&st, "step");
     s->epoch = meta_long(&st, "epoch");
     s->seed = strtoull(st_meta(&st, "seed") ? st_meta(&st, "seed") : "0", NULL, 10);
+    s->loss_scale = st_meta(&st, "loss_scale") ? strtod(st_meta(&st, "loss_scale"), NULL) : 0.0;
+    s->loss_scale_steps = st_meta(&st, "loss_scale_steps") ? meta_long(&st, "loss_scale_steps") : 0;
     snprintf(s->settings, sizeof s->settings, "%s", settings ? settings : "{}");
     rc = 0;
 done:

@@ -4,7 +4,7 @@
  * plain weights file for effdet and for `effdet infer --weights`), "ema.<name>" for the EMA of
  * every parameter and BN statistic, "optim.momentum.<name>" for SGD's momentum buffers.
  * Metadata: format "effdet-c checkpoint" version 1, model, num_classes, step, epoch, seed, the
- * data cursor and the trainer's settings (JSON), and an FNV-1a 64 checksum of all tensor bytes,
+ * data cursor, the fp16 loss scale and the trainer's settings (JSON), and an FNV-1a 64 checksum of all tensor bytes,
  * so a torn or corrupted file is refused by name rather than loaded wrong. Writing goes through
  * a temporary file, fsync, rename and a directory fsync (shared/safetensors.c). */
 #ifndef EFFDET_CHECKPOINT_H
@@ -22,6 +22,10 @@ typedef struct CheckpointState {
     float *momentum;                  /* table.n_params floats, or NULL */
     long step, epoch;
     uint64_t seed;
+    /* fp16 training's dynamic loss scale and its finite steps since the last change (metadata
+     * "loss_scale", "loss_scale_steps"); 0 and 0 when the file has none (fp32, bf16, older files). */
+    double loss_scale;
+    long loss_scale_steps;
     char settings[2048];              /* the trainer's settings as a JSON object */
 } CheckpointState;
 

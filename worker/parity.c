@@ -59,8 +59,7 @@ static int load_input(ParityRun *r, const char *path, Err *err)
         err_set(err, "%s: out of memory", path);
     } else if (st_read_f32(&st, "input", 4, shape, nchw, err) == 0) {
         layout_nchw_to_nhwc(nhwc, nchw, r->batch, 3, r->h, r->w);
-        Model *m = &r->model;
-        m->ops->mem_upload(m->ctx, m->input.p, nhwc, n * sizeof(float));
+        model_upload_input(&r->model, nhwc);
         rc = 0;
     }
     free(nchw), free(nhwc);
@@ -87,7 +86,7 @@ static int collect_outputs(ParityRun *r, Err *err)
             nhwc = malloc(act_count(t[j]) * sizeof(float));
             *dst[j] = malloc(act_count(t[j]) * sizeof(float));
             if (!nhwc || !*dst[j]) goto done;
-            m->ops->mem_download(m->ctx, nhwc, t[j].p, act_count(t[j]) * sizeof(float));
+            model_download(m, nhwc, t[j]);
             layout_nhwc_to_nchw(*dst[j], nhwc, t[j].n, t[j].h, t[j].w, t[j].c);
         }
     }
@@ -111,7 +110,7 @@ done:
     return rc;
 }
 
-int parity_run(ParityRun *r, const char *dir, const char *device, Err *err)
+int parity_run(ParityRun *r, const char *dir, const char *device, Precision prec, Err *err)
 {
     char wpath[1024], iopath[1024], model[64];
     int num_classes, dev;
@@ -123,12 +122,14 @@ int parity_run(ParityRun *r, const char *dir, const char *device, Err *err)
     const Ops *ops = ops_for_device(device, &dev, err);
     if (!ops || model_config_get(model, num_classes, &r->cfg, err) != 0) return -1;
     if (model_create(&r->model, &r->cfg, ops, dev, err) != 0) return -1;
-    if (model_load_weights(&r->model, wpath, err) != 0 ||
+    if (model_set_precision(&r->model, prec, err) != 0 ||
+        model_load_weights(&r->model, wpath, err) != 0 ||
         model_plan(&r->model, r->batch, r->h, r->w, PLAN_INFER, err) != 0 ||
         anchors_build(&r->anchors, &r->cfg, r->h, r->w, err) != 0 || load_input(r, iopath, err) != 0)
         goto fail;
     model_forward(&r->model);
-    if (collect_outputs(r, err) != 0 || parity_run_train(r, dir, device, err) != 0) goto fail;
+    if (collect_outputs(r, err) != 0) goto fail;
+    if (prec == PREC_FP32 && parity_run_train(r, dir, device, err) != 0) goto fail;
     return 0;
 fail:
     parity_run_free(r);

@@ -46,7 +46,8 @@ typedef struct ParityRun {
     int n_extra;
 } ParityRun;
 
-int parity_run(ParityRun *r, const char *dir, const char *device, Err *err);
+/* prec: the activations' precision (--amp); the training half runs in fp32 only. */
+int parity_run(ParityRun *r, const char *dir, const char *device, Precision prec, Err *err);
 /* The training half: runs when DIR/train.safetensors exists (called by parity_run). */
 int parity_run_train(ParityRun *r, const char *dir, const char *device, Err *err);
 void parity_run_free(ParityRun *r); /* idempotent */
@@ -62,6 +63,9 @@ double parity_rel_err(const float *ours, const float *ref, size_t n);
  * measured fp32 rounding noise of this fixture). 0: not judged (the
  * train-mode head outputs, reported for information). */
 double parity_bound(const char *name);
+/* The head outputs' bound under --amp (fp16 or bf16 activations against the fp32 reference):
+ * issue #8's 1e-2, the same measure. */
+#define PARITY_AMP_BOUND 1e-2
 
 /* Matches detection rows (rows of 6) as sets: same class, each box corner within
  * box_abs + box_rel * |ref| pixels, score within score_tol. Returns the number of rows of either

@@ -39,6 +39,8 @@ void train_settings_default(TrainSettings *s, const char *model, int num_classes
     s->ema = 1, s->ema_decay = 0.9998;
     s->alpha = 0.25, s->gamma = 1.5, s->delta = 0.1, s->box_weight = 50.0, s->label_smoothing = 0.0;
     s->seed = 42;
+    s->precision = PREC_FP32;
+    s->loss_scale_init = 65536.0, s->loss_scale_interval = 2000; /* torch.cuda.amp.GradScaler's */
 }
 
 double trainer_lr_at(const TrainSettings *s, long step)
@@ -291,6 +293,7 @@ static int settings_json(const Trainer *t, char *out, size_t cap, Err *err)
     cJSON_AddNumberToObject(j, "ema_decay", s->ema_decay);
     cJSON_AddNumberToObject(j, "bn_momentum", s->bn_momentum);
     cJSON_AddNumberToObject(j, "label_smoothing", s->label_smoothing);
+    cJSON_AddStringToObject(j, "precision", precision_name(s->precision));
     cJSON_AddStringToObject(j, "initial_checkpoint", t->initial);
     cJSON_AddItemToObject(j, "remove_weights",
                           cJSON_CreateStringArray(p, prefix_list(s->remove_weights, s->n_remove_weights, p)));
@@ -310,6 +313,24 @@ static int settings_json(const Trainer *t, char *out, size_t cap, Err *err)
     return rc;
 }
 
+/* A power of two, so that scaling and unscaling the gradients is exact. */
+static int is_power_of_two(double v)
+{
+    int e;
+    return isfinite(v) && v > 0 && frexp(v, &e) == 0.5;
+}
+
+static int check_loss_scale(const TrainSettings *s, Err *err)
+{
+    if (s->precision != PREC_FP16) return 0;
+    if (!is_power_of_two(s->loss_scale_init))
+        return err_set(err, "--loss-scale %g: expected a power of two (1, 2, ..., 65536, ...)",
+                       s->loss_scale_init);
+    if (s->loss_scale_interval < 1)
+        return err_set(err, "--loss-scale-interval %ld: expected at least 1", s->loss_scale_interval);
+    return 0;
+}
+
 int trainer_init(Trainer *t, const TrainSettings *s, const char *device, const char *weights,
                  Err *err)
 {
@@ -320,10 +341,12 @@ int trainer_init(Trainer *t, const TrainSettings *s, const char *device, const c
     const Ops *ops = ops_for_device(device, &dev, err);
     if (!ops || model_config_get(s->model, s->num_classes, &t->cfg, err) != 0) return -1;
     if (model_create(&t->model, &t->cfg, ops, dev, err) != 0) return -1;
-    if (model_set_tf32(&t->model, s->tf32, err) != 0) {
+    if (model_set_tf32(&t->model, s->tf32, err) != 0 || check_loss_scale(s, err) != 0 ||
+        model_set_precision(&t->model, s->precision, err) != 0) {
         trainer_free(t);
         return -1;
     }
+    t->loss_scale = s->precision == PREC_FP16 ? s->loss_scale_init : 1.0;
     t->model.bn_momentum = (float)s->bn_momentum;
     uint8_t *frozen = NULL;
     char json[sizeof ((CheckpointState *)0)->settings];
@@ -505,7 +528,7 @@ int trainer_loss_and_grads(Trainer *t, const float *input, const float *boxes,
     if (agree_positives(t, make_targets(t, boxes, classes, crowd, max_boxes, err), &pos, err) != 0)
         return -1;
     st->positives = (int)pos;
-    o->mem_upload(m->ctx, m->input.p, input, act_count(m->input) * sizeof(float));
+    model_upload_input(m, input);
     model_forward(m);
     if (comm_check(t, err) != 0) return -1; /* a synchronized BN layer's sums */
     model_zero_grads(m);
@@ -519,7 +542,7 @@ int trainer_loss_and_grads(Trainer *t, const float *input, const float *boxes,
                           t->cls_target + first, t->box_target + 4 * first, rows, A,
                           t->cfg.num_classes, (float)(pos + 1.0), (float)t->s.alpha,
                           (float)t->s.gamma, (float)t->s.delta, (float)t->s.box_weight,
-                          (float)t->s.label_smoothing);
+                          (float)t->s.label_smoothing, (float)t->loss_scale);
     }
     float loss[2];
     o->mem_download(m->ctx, loss, t->scalars, sizeof loss);
@@ -529,6 +552,11 @@ int trainer_loss_and_grads(Trainer *t, const float *input, const float *boxes,
     if (trainer_allreduce_f64(t, total, 2, err) != 0) return -1;
     st->class_loss = total[0], st->box_loss = total[1];
     st->loss = total[0] + t->s.box_weight * total[1];
+    st->loss_scale = t->loss_scale;
+    if (!isfinite(st->loss) && t->s.precision == PREC_FP16) {
+        st->skipped = 1; /* an fp16 overflow in the forward pass: trainer_step skips the step */
+        return 0;
+    }
     if (!isfinite(st->loss))
         return err_set(err, "step %ld: the loss is not finite (class %g, box %g)", t->step,
                        st->class_loss, st->box_loss);
@@ -542,6 +570,18 @@ int trainer_loss_and_grads(Trainer *t, const float *input, const float *boxes,
     return 0;
 }
 
+/* fp16 overflow (trainer.h): no update, the scale halves, the schedule's step counts. */
+static int skip_step(Trainer *t, TrainStats *st, Err *err)
+{
+    st->skipped = 1;
+    t->loss_scale *= 0.5, t->scale_good_steps = 0, t->skipped_steps++;
+    if (t->loss_scale < 0x1p-24)
+        return err_set(err, "step %ld: fp16 overflows whatever the loss scale (it fell below "
+                            "2^-24): train with --amp-dtype bf16 or without --amp", t->step);
+    t->step++;
+    return 0;
+}
+
 int trainer_step(Trainer *t, const float *input, const float *boxes, const int32_t *classes,
                  const uint8_t *crowd, int max_boxes, TrainStats *st, Err *err)
 {
@@ -549,18 +589,26 @@ int trainer_step(Trainer *t, const float *input, const float *boxes, const int32
     Model *m = &t->model;
     const Ops *o = m->ops;
     size_t n = m->table.n_params;
-    float sumsq;
-    o->sum_squares(m->ctx, t->scalars + 2, m->grads, n);
-    o->mem_download(m->ctx, &sumsq, t->scalars + 2, sizeof sumsq);
-    st->grad_norm = sqrt((double)sumsq);
+    st->lr = trainer_lr_at(&t->s, t->step);
+    st->grad_norm = NAN;
+    if (!st->skipped) {
+        float sumsq;
+        o->sum_squares(m->ctx, t->scalars + 2, m->grads, n);
+        o->mem_download(m->ctx, &sumsq, t->scalars + 2, sizeof sumsq);
+        st->grad_norm = sqrt((double)sumsq) / t->loss_scale;
+    }
+    if (!isfinite(st->grad_norm) && t->s.precision == PREC_FP16) return skip_step(t, st, err);
     if (!isfinite(st->grad_norm))
         return err_set(err, "step %ld: the gradient norm is not finite", t->step);
-    /* torch.nn.utils.clip_grad_norm_: scale by max_norm / (norm + 1e-6) when that is below 1. */
+    /* torch.nn.utils.clip_grad_norm_: scale by max_norm / (norm + 1e-6) when that is below 1;
+     * the division by the loss scale (a power of two, 1 outside fp16) unscales the gradients. */
     double coef = t->s.clip_norm > 0 ? t->s.clip_norm / (st->grad_norm + 1e-6) : 1.0;
-    float scale = coef < 1.0 ? (float)coef : 1.0f;
-    st->lr = trainer_lr_at(&t->s, t->step);
+    float scale = (coef < 1.0 ? (float)coef : 1.0f) / (float)t->loss_scale;
     o->sgd_update(m->ctx, m->params, t->momentum, m->grads, t->decay_mask, (float)st->lr,
                   (float)t->s.momentum, (float)t->s.weight_decay, scale, n);
+    model_weights_changed(m);
+    if (t->s.precision == PREC_FP16 && ++t->scale_good_steps >= t->s.loss_scale_interval)
+        t->loss_scale *= 2, t->scale_good_steps = 0;
     if (t->s.ema) {
         float d = (float)trainer_ema_decay_at(&t->s, t->step);
         o->ema_update(m->ctx, t->ema_params, m->params, d, n);
@@ -603,6 +651,8 @@ int trainer_save(Trainer *t, const char *path, long epoch, Err *err)
     int rc = download_state(t, &cs, err);
     if (rc == 0) {
         cs.step = t->step, cs.epoch = epoch, cs.seed = t->s.seed;
+        if (t->s.precision == PREC_FP16)
+            cs.loss_scale = t->loss_scale, cs.loss_scale_steps = t->scale_good_steps;
         rc = settings_json(t, cs.settings, sizeof cs.settings, err);
     }
     if (rc == 0) rc = checkpoint_write(path, &t->model.table, t->cfg.name, t->cfg.num_classes, &cs, err);
@@ -615,6 +665,9 @@ int trainer_resume(Trainer *t, const char *path, long *epoch, Err *err)
     CheckpointState cs;
     int rc = download_state(t, &cs, err);
     if (rc == 0) rc = checkpoint_read(path, &t->model.table, t->cfg.name, t->cfg.num_classes, &cs, err);
+    if (rc == 0 && cs.loss_scale != 0 && (!is_power_of_two(cs.loss_scale) || cs.loss_scale_steps < 0))
+        rc = err_set(err, "%s: loss_scale %g (after %ld steps) is not a positive power of two: "
+                          "corrupted checkpoint", path, cs.loss_scale, cs.loss_scale_steps);
     if (rc == 0) {
         const ParamTable *pt = &t->model.table;
         const Ops *o = t->model.ops;
@@ -626,9 +679,13 @@ int trainer_resume(Trainer *t, const char *path, long *epoch, Err *err)
             o->mem_upload(t->model.ctx, t->ema_params, cs.ema_params, pt->n_params * sizeof(float));
             o->mem_upload(t->model.ctx, t->ema_buffers, cs.ema_buffers, pt->n_buffers * sizeof(float));
         }
+        model_weights_changed(&t->model);
         o->sync(t->model.ctx);
         t->step = cs.step;
         *epoch = cs.epoch;
+        /* An fp16 run carries its scale on; other files keep this run's starting scale. */
+        if (t->s.precision == PREC_FP16 && cs.loss_scale > 0)
+            t->loss_scale = cs.loss_scale, t->scale_good_steps = cs.loss_scale_steps;
     }
     state_free(&cs);
     return rc;

@@ -37,6 +37,12 @@ typedef struct TrainSettings {
     double bn_momentum;           /* > 0: override effdet's BN momenta (0.1 backbone, 0.01 rest) */
     uint64_t seed;
     int tf32;                     /* --tf32 (CUDA): TF32 convolutions */
+    /* --amp: activations in fp16 with dynamic loss scaling (PyTorch GradScaler's rules: start at
+     * loss_scale_init, halve and skip the step when the gradients overflow, double after
+     * loss_scale_interval finite steps) or in bf16 (no scaling); fp32 master weights. */
+    Precision precision;
+    double loss_scale_init;
+    long loss_scale_interval;
     /* Fine-tuning. Prefixes are plain name prefixes ("backbone" freezes every backbone.* tensor);
      * each must match some tensor of the model. */
     char freeze[TRAIN_MAX_PREFIXES][TRAIN_PREFIX_CAP]; /* --freeze-layers */
@@ -57,6 +63,8 @@ typedef struct TrainStats {
     double loss, class_loss, box_loss;
     double lr, grad_norm;
     int positives; /* of the whole global batch under data parallelism */
+    double loss_scale; /* fp16: the scale this step ran with (1 otherwise) */
+    int skipped;       /* fp16: the gradients overflowed; no update, the scale was halved */
 } TrainStats;
 
 typedef struct Trainer {
@@ -80,7 +88,10 @@ typedef struct Trainer {
                                                    frozen parameters in the params block */
     int n_frozen;
     char initial[TRAIN_PATH_CAP];               /* the initial weights, for the settings record */
-    long step;                                  /* optimizer steps taken */
+    long step;                                  /* optimizer steps taken (skipped ones included) */
+    double loss_scale;                          /* fp16: the dynamic loss scale; 1 otherwise */
+    long scale_good_steps;                      /* fp16: finite steps since it last changed */
+    long skipped_steps;                         /* fp16: overflowing steps skipped by this process */
     /* Data parallelism (trainer_set_comm); comm NULL: one worker. */
     Comm *comm;
     int sync_bn;
@@ -124,7 +135,14 @@ int trainer_agree_stop(Trainer *t, int stop, int *any, Err *err);
 
 /* One step on a batch: input (batch, H, W, 3) normalized host floats; boxes (batch, max_boxes, 4)
  * yxyx input pixels; classes (batch, max_boxes) 1-based, -1 padding; crowd (batch, max_boxes) or
- * NULL. Fails (and leaves the weights untouched) on bad targets or a non-finite loss. */
+ * NULL. Fails (and leaves the weights untouched) on bad targets or a non-finite loss.
+ *
+ * fp16 (s.precision): the loss gradients are multiplied by the loss scale, the backward pass runs
+ * on scaled gradients, and the update divides it out (exactly: the scale is a power of two). When
+ * the loss or the gradients are not finite, the step is skipped (st->skipped: no SGD, no EMA, the
+ * schedule's step still counts, as NVIDIA's and timm's loops do with GradScaler) and the scale
+ * halves; after loss_scale_interval finite steps it doubles. A scale that falls below 2^-24 means
+ * fp16 overflows whatever the scale: the step fails with that error. */
 int trainer_step(Trainer *t, const float *input, const float *boxes, const int32_t *classes,
                  const uint8_t *crowd, int max_boxes, TrainStats *st, Err *err);
 

@@ -16,7 +16,22 @@ struct OpsCtx {
      * accept a NULL context (tests), which means local statistics too. */
     BnSync bn_sync;
     int has_bn_sync;
+    /* Mixed precision, emulated (amp.c): activations stay floats holding values rounded to
+     * `prec`; param_copy is the convolutions' rounded copy of the parameter block param_base. */
+    Precision prec;
+    float *param_copy;
+    const float *param_base;
+    size_t param_count;
+    /* Timers (timer.c): CLOCK_MONOTONIC seconds per slot. A fixed array, so the context needs
+     * nothing freed for them; slots 0..timer_slots-1 are reserved. */
+    double timer_marks[32768];
+    int timer_slots;
 };
+
+/* timer.c: the op table's timers (kernels/ops.h). */
+int cpu__timer_reserve(OpsCtx *ctx, int slots, Err *err);
+void cpu__timer_mark(OpsCtx *ctx, int slot);
+double cpu__timer_elapsed_ms(OpsCtx *ctx, int from, int to);
 
 size_t cpu__conv2d_workspace_bytes(const ConvShape *s);
 void cpu__conv2d_forward(OpsCtx *ctx, float *out, const float *in, const float *w, const float *b,
@@ -89,7 +104,65 @@ void cpu__column_sums_add(float *dst, const float *a, size_t rows, int c);
 void cpu__detection_loss(OpsCtx *ctx, float *loss, float *dcls, float *dbox, const float *cls,
                          const float *box, const int32_t *cls_target, const float *box_target,
                          size_t rows, int anchors, int classes, float norm, float alpha,
-                         float gamma, float delta, float box_weight, float label_smoothing);
+                         float gamma, float delta, float box_weight, float label_smoothing,
+                         float loss_scale);
+
+/* Mixed precision, emulated (amp.c; kernels/ops.h, Conventions): the table's ops that store
+ * activations are these wrappers, which run the fp32 op above and round what it stored. */
+float cpu__round_fp16(float x);
+float cpu__round_bf16(float x);
+int cpu__set_precision(OpsCtx *ctx, Precision p, Err *err);
+int cpu__cast_params(OpsCtx *ctx, const float *params, size_t count, Err *err);
+void cpu__act_upload(OpsCtx *ctx, float *dst, const float *host_src, size_t count);
+void cpu__act_download(OpsCtx *ctx, float *host_dst, const float *src, size_t count);
+void cpu__amp_conv2d_forward(OpsCtx *ctx, float *out, const float *in, const float *w,
+                             const float *b, const ConvShape *s);
+void cpu__amp_dwconv2d_forward(OpsCtx *ctx, float *out, const float *in, const float *w,
+                               const ConvShape *s);
+void cpu__amp_bn_infer_forward(OpsCtx *ctx, float *out, const float *in, const float *gamma,
+                               const float *beta, const float *mean, const float *var, float eps,
+                               Act act, size_t rows, int c);
+void cpu__amp_act_forward(OpsCtx *ctx, float *out, const float *in, Act act, size_t count);
+void cpu__amp_se_forward(OpsCtx *ctx, float *out, float *pooled, float *hidden, float *gate,
+                         const float *x, const float *w_r, const float *b_r, const float *w_e,
+                         const float *b_e, int n, int hw, int c, int cr);
+void cpu__amp_add_forward(OpsCtx *ctx, float *out, const float *a, const float *b, size_t count);
+void cpu__amp_fuse_forward(OpsCtx *ctx, float *out, const float *const *ins, const float *w, int k,
+                           size_t count);
+void cpu__amp_bn_train_forward(OpsCtx *ctx, float *out, float *save_mean, float *save_invstd,
+                               float *running_mean, float *running_var, const float *in,
+                               const float *gamma, const float *beta, float eps, float momentum,
+                               Act act, size_t rows, int c);
+void cpu__amp_bn_train_backward(OpsCtx *ctx, float *dx, float *dgamma, float *dbeta,
+                                const float *dy, const float *in, const float *gamma,
+                                const float *beta, const float *save_mean,
+                                const float *save_invstd, Act act, size_t rows, int c);
+void cpu__amp_bn_infer_backward(OpsCtx *ctx, float *dx, float *dgamma, float *dbeta,
+                                const float *dy, const float *in, const float *gamma,
+                                const float *beta, const float *mean, const float *var, float eps,
+                                Act act, size_t rows, int c);
+void cpu__amp_act_backward(OpsCtx *ctx, float *dx, const float *dy, const float *x, Act act,
+                           size_t count);
+void cpu__amp_conv2d_backward(OpsCtx *ctx, float *dx, float *dw, float *db, const float *dy,
+                              const float *x, const float *w, const ConvShape *s);
+void cpu__amp_dwconv2d_backward(OpsCtx *ctx, float *dx, float *dw, const float *dy,
+                                const float *x, const float *w, const ConvShape *s);
+void cpu__amp_se_backward(OpsCtx *ctx, float *dx, float *dw_r, float *db_r, float *dw_e,
+                          float *db_e, const float *dy, const float *x, const float *pooled,
+                          const float *hidden, const float *gate, const float *w_r,
+                          const float *b_r, const float *w_e, int n, int hw, int c, int cr);
+void cpu__amp_accumulate(OpsCtx *ctx, float *dst, const float *src, size_t count);
+void cpu__amp_maxpool_backward(OpsCtx *ctx, float *dx, const float *dy, const float *x,
+                               const PoolShape *s);
+void cpu__amp_upsample_nearest_backward(OpsCtx *ctx, float *dx, const float *dy, int n, int h,
+                                        int w, int c, int oh, int ow);
+void cpu__amp_fuse_backward(OpsCtx *ctx, float *const *dins, float *dw, const float *dy,
+                            const float *const *ins, const float *w, int k, size_t count);
+void cpu__amp_detection_loss(OpsCtx *ctx, float *loss, float *dcls, float *dbox, const float *cls,
+                             const float *box, const int32_t *cls_target, const float *box_target,
+                             size_t rows, int anchors, int classes, float norm, float alpha,
+                             float gamma, float delta, float box_weight, float label_smoothing,
+                             float loss_scale);
 
 /* expf for activations, written so that loops over it vectorize (glibc's expf is a call the
  * compiler will not vectorize without -ffast-math). Cody-Waite range reduction x = n ln2 + r,

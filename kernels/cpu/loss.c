@@ -33,7 +33,7 @@
 enum { TARGET_IGNORE = -2 };
 
 typedef struct FocalParams {
-    float alpha, gamma, label_smoothing, inv_norm;
+    float alpha, gamma, label_smoothing, inv_norm; /* inv_norm: loss_scale / norm, the gradients' factor */
     int classes;
 } FocalParams;
 
@@ -165,13 +165,15 @@ static void loss_rows(double *acc, size_t begin, size_t end, const void *arg)
 void cpu__detection_loss(OpsCtx *ctx, float *loss, float *dcls, float *dbox, const float *cls,
                          const float *box, const int32_t *cls_target, const float *box_target,
                          size_t rows, int anchors, int classes, float norm, float alpha,
-                         float gamma, float delta, float box_weight, float label_smoothing)
+                         float gamma, float delta, float box_weight, float label_smoothing,
+                         float loss_scale)
 {
+    /* loss_scale is a power of two (or 1), so scaling the gradients' factors is exact. */
     const LossArgs la = {
         .dcls = dcls, .dbox = dbox, .cls = cls, .box = box, .box_target = box_target,
         .cls_target = cls_target, .A = (size_t)anchors, .C = (size_t)classes,
-        .fp = {alpha, gamma, label_smoothing, 1.0f / norm, classes},
-        .delta = delta, .box_grad_scale = box_weight / (4.0f * norm),
+        .fp = {alpha, gamma, label_smoothing, loss_scale / norm, classes},
+        .delta = delta, .box_grad_scale = loss_scale * box_weight / (4.0f * norm),
     };
     double sums[2];
     cpu__reduce(sums, 2, rows, loss_rows, &la);

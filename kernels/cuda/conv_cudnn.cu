@@ -1,5 +1,5 @@
-/* conv_cudnn.cu: regular (groups = 1) convolution forward and backward through cuDNN, fp32, NHWC,
- * TF SAME padding; the only translation unit of the backend that calls cuDNN.
+/* conv_cudnn.cu: regular (groups = 1) convolution forward and backward through cuDNN, NHWC, TF
+ * SAME padding; the only translation unit of the backend that calls cuDNN.
  *
  * Layouts. Activations are NHWC tensors and the weights (Cout, KH, KW, Cin) are a CUDNN_TENSOR_NHWC
  * filter, whose KRSC order is our OHWI byte for byte, so nothing is transposed.
@@ -46,7 +46,22 @@
  *
  * Bias. A small kernel adds it after cuDNN, so the result is (sum) + bias as in the CPU's GEMM onto
  * bias-filled rows. The forward cuDNN call writes with beta = 0 and never reads the output's old
- * values. */
+ * values.
+ *
+ * Mixed precision (kernels/ops.h). Under fp16/bf16 every tensor descriptor (x, y, the filter) is
+ * of that type while the convolution computes in float (CUDNN_DATA_FLOAT: cuDNN's "pseudo half"
+ * and "pseudo bfloat16" configurations), with tensor-op math allowed, as PyTorch's autocast runs
+ * its convolutions. The weights are the context's copy in that type made by cast_params: a weight
+ * pointer w of the fp32 block maps to param_copy + (w - param_base), and a pointer outside the
+ * block is a bug that ends the process. The bias stays fp32 and conv_bias_kernel adds it after
+ * cuDNN, so the output is rounded twice (cuDNN's store, then the sum with the bias), where the
+ * CPU's emulation rounds once: within one unit of the type's last place. Backward-filter must
+ * write a filter of the descriptor's type, so it writes (beta = 0) into ctx->dw_scratch, and
+ * conv_dw_add_kernel adds that into the fp32 gradient block: the gradient of one convolution is
+ * rounded to the type once before it is accumulated, as autocast's weight gradients are. The
+ * padded copies and dx's window go through cuda__ld/cuda__st like every other activation. The
+ * workspace is sized for fp32 in every precision (conv2d_workspace_bytes has no precision), which
+ * covers the 2-byte tensors with room to spare. */
 #include <string.h>
 
 #include "kernels/cuda/cuda_common.cuh"
@@ -95,39 +110,52 @@ static const char *const conv_dir_names[CONV_DIRS] = {"forward", "backward-data"
 
 /* ---- kernels ------------------------------------------------------------------------------------ */
 
-/* dst (N, H+eh, W+ew, C) = src (N, H, W, C) with zeros in the appended rows and columns. */
-__global__ void conv_pad_kernel(float *dst, const float *src, int n, int h, int w, int c, int eh,
-                                int ew)
+/* dst (N, H+eh, W+ew, C) = src (N, H, W, C) with zeros in the appended rows and columns. A copy:
+ * nothing is rounded in any storage type. */
+template <typename T>
+__global__ void conv_pad_kernel(T *dst, const T *src, int n, int h, int w, int c, int eh, int ew)
 {
     const int pw = w + ew, ph = h + eh;
     const size_t total = (size_t)n * ph * pw * c;
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total;
          i += (size_t)gridDim.x * blockDim.x) {
         const NhwcIndex p = cuda__nhwc(i, ph, pw, c);
-        dst[i] = (p.y < h && p.x < w) ? src[((p.n * h + p.y) * w + p.x) * c + p.c] : 0.0f;
+        cuda__st(dst, i,
+                 (p.y < h && p.x < w) ? cuda__ld(src, ((p.n * h + p.y) * w + p.x) * c + p.c)
+                                      : 0.0f);
     }
 }
 
 /* dx (N, H, W, C) += the top-left (H, W) window of src (N, H+eh, W+ew, C): the inverse of
  * conv_pad_kernel for gradients. */
-__global__ void conv_add_window_kernel(float *dx, const float *src, int n, int h, int w, int c,
-                                       int eh, int ew)
+template <typename T>
+__global__ void conv_add_window_kernel(T *dx, const T *src, int n, int h, int w, int c, int eh,
+                                       int ew)
 {
     const int pw = w + ew, ph = h + eh;
     const size_t total = (size_t)n * h * w * c;
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total;
          i += (size_t)gridDim.x * blockDim.x) {
         const NhwcIndex p = cuda__nhwc(i, h, w, c);
-        dx[i] += src[((p.n * ph + p.y) * pw + p.x) * c + p.c];
+        cuda__st(dx, i, cuda__ld(dx, i) + cuda__ld(src, ((p.n * ph + p.y) * pw + p.x) * c + p.c));
     }
 }
 
-/* out (M, Cout) += b (Cout), broadcast over the M = N*OH*OW output pixels. */
-__global__ void conv_bias_kernel(float *out, const float *b, size_t count, int cout)
+/* out (M, Cout) += b (Cout), broadcast over the M = N*OH*OW output pixels; b is fp32 always. */
+template <typename T>
+__global__ void conv_bias_kernel(T *out, const float *b, size_t count, int cout)
 {
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < count;
          i += (size_t)gridDim.x * blockDim.x)
-        out[i] += b[i % cout];
+        cuda__st(out, i, cuda__ld(out, i) + b[i % cout]);
+}
+
+/* dw (fp32) += src (count values of storage type T): cuDNN's filter gradient under fp16/bf16. */
+template <typename T> __global__ void conv_dw_add_kernel(float *dw, const T *src, size_t count)
+{
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < count;
+         i += (size_t)gridDim.x * blockDim.x)
+        dw[i] += cuda__ld(src, i);
 }
 
 /* ---- plans -------------------------------------------------------------------------------------- */
@@ -155,9 +183,24 @@ static size_t conv_pad_bytes(const ConvShape *s)
     return align256((size_t)s->n * (s->h + eh) * (s->w + ew) * s->cin * sizeof(float));
 }
 
+/* fp16/bf16 data runs on tensor cores (products exact, sums in float); fp32 uses them only when
+ * TF32 is on. */
 static cudnnMathType_t conv_math(const OpsCtx *ctx)
 {
-    return ctx->tf32 ? CUDNN_TENSOR_OP_MATH : CUDNN_FMA_MATH;
+    return ctx->tf32 || ctx->prec != PREC_FP32 ? CUDNN_TENSOR_OP_MATH : CUDNN_FMA_MATH;
+}
+
+/* The cuDNN type of the context's activations (and of the weight copy). */
+static cudnnDataType_t conv_dtype(const OpsCtx *ctx)
+{
+    return ctx->prec == PREC_FP16   ? CUDNN_DATA_HALF
+           : ctx->prec == PREC_BF16 ? CUDNN_DATA_BFLOAT16
+                                    : CUDNN_DATA_FLOAT;
+}
+
+static const char *conv_dtype_name(const OpsCtx *ctx)
+{
+    return ctx->prec == PREC_FP16 ? "fp16" : ctx->prec == PREC_BF16 ? "bf16" : "fp32";
 }
 
 /* Points p's descriptors at shape s. Creating a descriptor allocates host memory, which happens
@@ -173,10 +216,11 @@ static void plan_set(const OpsCtx *ctx, ConvPlan *p, const ConvShape *s)
     p->key = *s;
     memset(p->choice, 0, sizeof p->choice);
     conv_extra(s, &p->eh, &p->ew);
-    CUDNN_CHECK(cudnnSetTensor4dDescriptor(p->x, CUDNN_TENSOR_NHWC, CUDNN_DATA_FLOAT, s->n, s->cin,
+    const cudnnDataType_t dtype = conv_dtype(ctx);
+    CUDNN_CHECK(cudnnSetTensor4dDescriptor(p->x, CUDNN_TENSOR_NHWC, dtype, s->n, s->cin,
                                            s->h + p->eh, s->w + p->ew));
-    CUDNN_CHECK(cudnnSetFilter4dDescriptor(p->w, CUDNN_DATA_FLOAT, CUDNN_TENSOR_NHWC, s->cout,
-                                           s->cin, s->kh, s->kw));
+    CUDNN_CHECK(cudnnSetFilter4dDescriptor(p->w, dtype, CUDNN_TENSOR_NHWC, s->cout, s->cin, s->kh,
+                                           s->kw));
     CUDNN_CHECK(cudnnSetConvolution2dDescriptor(p->conv, s->pad_top, s->pad_left, s->stride,
                                                 s->stride, 1, 1, CUDNN_CROSS_CORRELATION,
                                                 CUDNN_DATA_FLOAT));
@@ -191,8 +235,8 @@ static void plan_set(const OpsCtx *ctx, ConvPlan *p, const ConvShape *s)
                 s->pad_left, s->n, s->oh, s->ow, s->cout, on, oh, ow, oc);
         exit(EXIT_FAILURE);
     }
-    CUDNN_CHECK(cudnnSetTensor4dDescriptor(p->y, CUDNN_TENSOR_NHWC, CUDNN_DATA_FLOAT, s->n, s->cout,
-                                           s->oh, s->ow));
+    CUDNN_CHECK(cudnnSetTensor4dDescriptor(p->y, CUDNN_TENSOR_NHWC, dtype, s->n, s->cout, s->oh,
+                                           s->ow));
 }
 
 /* FFT and non-fused Winograd are excluded in every direction (see the header comment). */
@@ -295,9 +339,10 @@ static void plan_choose(OpsCtx *ctx, ConvPlan *p, ConvDir dir, size_t avail)
     }
     const ConvShape *s = &p->key;
     fprintf(stderr,
-            "%s:%d: conv2d: cuDNN offers no fp32 %s algorithm for in (%d,%d,%d,%d) k %dx%d stride "
+            "%s:%d: conv2d: cuDNN offers no %s %s algorithm for in (%d,%d,%d,%d) k %dx%d stride "
             "%d out (%d,%d,%d,%d) within %zu workspace bytes\n",
-            __FILE__, __LINE__, conv_dir_names[dir], s->n, s->h, s->w, s->cin, s->kh, s->kw,
+            __FILE__, __LINE__, conv_dtype_name(ctx), conv_dir_names[dir], s->n, s->h, s->w, s->cin,
+            s->kh, s->kw,
             s->stride, s->n, s->oh, s->ow, s->cout, avail);
     exit(EXIT_FAILURE);
 }
@@ -377,6 +422,17 @@ void cuda__conv_math_changed(OpsCtx *ctx)
     }
 }
 
+/* ctx->prec changed: every cached plan's descriptors take the new type (plan_set also drops the
+ * algorithm choices, which cuDNN ranks per type). */
+void cuda__conv_precision_changed(OpsCtx *ctx)
+{
+    for (int i = 0; ctx->conv_plans && i < ctx->conv_plan_count; i++) {
+        ConvPlan *p = &ctx->conv_plans[i];
+        const ConvShape key = p->key;
+        plan_set(ctx, p, &key);
+    }
+}
+
 /* ---- launchers ---------------------------------------------------------------------------------- */
 
 /* The zero-extended input copy (whose region backward reuses for the extended input's gradient),
@@ -395,15 +451,65 @@ size_t cuda__conv2d_workspace_bytes(const ConvShape *s)
     return conv_pad_bytes(s) + align256(cols) + align256(out) + align256(weights);
 }
 
+/* The weights cuDNN reads for the fp32 weights w of shape s: w itself in fp32, else the same
+ * offset in cast_params's copy. */
+static const void *conv_weights(const OpsCtx *ctx, const float *w, const ConvShape *s)
+{
+    if (ctx->prec == PREC_FP32) return w;
+    const size_t count = (size_t)s->cout * s->kh * s->kw * s->cin;
+    const uintptr_t at = (uintptr_t)w, base = (uintptr_t)ctx->param_base;
+    const size_t off = (at - base) / sizeof(float);
+    if (!ctx->param_copy || at < base || (at - base) % sizeof(float) ||
+        off > ctx->param_count || count > ctx->param_count - off) {
+        fprintf(stderr,
+                "%s:%d: conv2d under %s: the weights (%zu values at %p) are not inside the "
+                "parameter block given to cast_params (%zu values at %p)\n",
+                __FILE__, __LINE__, conv_dtype_name(ctx), count, (const void *)w, ctx->param_count,
+                (const void *)ctx->param_base);
+        exit(EXIT_FAILURE);
+    }
+    return (const char *)ctx->param_copy + off * 2; /* fp16 and bf16 are 2 bytes */
+}
+
 /* Writes the zero-extended copy of in into ws and returns it. */
-static const float *conv_pad_input(OpsCtx *ctx, float *ws, const float *in, const ConvPlan *p)
+template <typename T>
+static const T *conv_pad_input(OpsCtx *ctx, T *ws, const T *in, const ConvPlan *p)
 {
     const ConvShape *s = &p->key;
     size_t total = (size_t)s->n * (s->h + p->eh) * (s->w + p->ew) * s->cin;
-    conv_pad_kernel<<<cuda__blocks(total), CUDA_BLOCK, 0, ctx->stream>>>(ws, in, s->n, s->h, s->w,
-                                                                         s->cin, p->eh, p->ew);
+    conv_pad_kernel<T><<<cuda__blocks(total), CUDA_BLOCK, 0, ctx->stream>>>(
+        ws, in, s->n, s->h, s->w, s->cin, p->eh, p->ew);
     CUDA_CHECK(cudaGetLastError());
     return ws;
+}
+
+template <typename T>
+static void conv2d_forward_t(OpsCtx *ctx, float *out_f, const float *in_f, const float *w,
+                             const float *b, const ConvShape *s)
+{
+    size_t pad_bytes = conv_pad_bytes(s);
+    ASSERT(ctx->workspace_bytes >= pad_bytes);
+    ConvPlan *p = plan_get(ctx, s);
+    const AlgoChoice *fwd = plan_algo(ctx, p, CONV_FWD, pad_bytes);
+    const void *wdev = conv_weights(ctx, w, s);
+
+    T *out = cuda__as<T>(out_f);
+    const T *x = cuda__as<T>(in_f);
+    char *ws = (char *)ctx->workspace;
+    if (pad_bytes) {
+        x = conv_pad_input(ctx, (T *)ws, x, p);
+        ws += pad_bytes;
+    }
+    const float one = 1.0f, zero = 0.0f;
+    CUDNN_CHECK(cudnnConvolutionForward(ctx->cudnn, &one, p->x, x, p->w, wdev, p->conv,
+                                        (cudnnConvolutionFwdAlgo_t)fwd->algo,
+                                        fwd->bytes ? ws : NULL, fwd->bytes, &zero, p->y, out));
+    if (b) {
+        size_t count = (size_t)s->n * s->oh * s->ow * s->cout;
+        conv_bias_kernel<T><<<cuda__blocks(count), CUDA_BLOCK, 0, ctx->stream>>>(out, b, count,
+                                                                                 s->cout);
+        CUDA_CHECK(cudaGetLastError());
+    }
 }
 
 void cuda__conv2d_forward(OpsCtx *ctx, float *out, const float *in, const float *w, const float *b,
@@ -411,28 +517,72 @@ void cuda__conv2d_forward(OpsCtx *ctx, float *out, const float *in, const float 
 {
     ASSERT(s->cin > 0 && s->kh > 0 && s->kw > 0 && s->stride > 0);
     if (!s->n || !s->oh || !s->ow || !s->cout) return;
-    size_t pad_bytes = conv_pad_bytes(s);
-    ASSERT(ctx->workspace_bytes >= pad_bytes);
-    ConvPlan *p = plan_get(ctx, s);
-    const AlgoChoice *fwd = plan_algo(ctx, p, CONV_FWD, pad_bytes);
-
-    const float *x = in;
-    char *ws = (char *)ctx->workspace;
-    if (pad_bytes) {
-        x = conv_pad_input(ctx, (float *)ws, in, p);
-        ws += pad_bytes;
-    }
-    const float one = 1.0f, zero = 0.0f;
-    CUDNN_CHECK(cudnnConvolutionForward(ctx->cudnn, &one, p->x, x, p->w, w, p->conv,
-                                        (cudnnConvolutionFwdAlgo_t)fwd->algo,
-                                        fwd->bytes ? ws : NULL, fwd->bytes, &zero, p->y, out));
-    if (b) {
-        size_t count = (size_t)s->n * s->oh * s->ow * s->cout;
-        conv_bias_kernel<<<cuda__blocks(count), CUDA_BLOCK, 0, ctx->stream>>>(out, b, count,
-                                                                              s->cout);
-        CUDA_CHECK(cudaGetLastError());
-    }
+    CUDA_ACT_DISPATCH(ctx, conv2d_forward_t, ctx, out, in, w, b, s);
     CUDA_OP_END(ctx);
+}
+
+template <typename T>
+static void conv2d_backward_t(OpsCtx *ctx, float *dx_f, float *dw, float *db, const float *dy_f,
+                              const float *x_f, const float *w, const ConvShape *s)
+{
+    const size_t pad_bytes = conv_pad_bytes(s);
+    ASSERT(ctx->workspace_bytes >= pad_bytes);
+    const float one = 1.0f, zero = 0.0f;
+    T *dx = cuda__as<T>(dx_f);
+    const T *dy = cuda__as<T>(dy_f), *x = cuda__as<T>(x_f);
+    /* The extended input (filter) and then its gradient (data) share the region at the start of
+     * the workspace; cuDNN's scratch follows it. */
+    T *ext = (T *)ctx->workspace;
+    char *ws = (char *)ctx->workspace + pad_bytes;
+
+    if (db) {
+        const int cout = s->cout;
+        cuda__colsum(ctx, db, 1, (size_t)s->n * s->oh * s->ow, cout,
+                     [=] __device__(size_t r, int ch) { return cuda__ld(dy, r * cout + ch); });
+    }
+    if (dw || dx) {
+        ConvPlan *p = plan_get(ctx, s);
+        if (dw) {
+            const AlgoChoice *bf = plan_algo(ctx, p, CONV_BWD_FILTER, pad_bytes);
+            const T *xin = pad_bytes ? conv_pad_input(ctx, ext, x, p) : x;
+            if (ctx->prec == PREC_FP32) {
+                CUDNN_CHECK(cudnnConvolutionBackwardFilter(
+                    ctx->cudnn, &one, p->x, xin, p->y, dy, p->conv,
+                    (cudnnConvolutionBwdFilterAlgo_t)bf->algo, bf->bytes ? ws : NULL, bf->bytes,
+                    &one, p->w, dw));
+            } else {
+                /* The filter gradient in T (see the file comment), then added into fp32 dw. */
+                const size_t count = (size_t)s->cout * s->kh * s->kw * s->cin;
+                (void)conv_weights(ctx, w, s); /* dw mirrors w: count fits in dw_scratch */
+                ASSERT(ctx->dw_scratch != NULL && count <= ctx->param_count);
+                CUDNN_CHECK(cudnnConvolutionBackwardFilter(
+                    ctx->cudnn, &one, p->x, xin, p->y, dy, p->conv,
+                    (cudnnConvolutionBwdFilterAlgo_t)bf->algo, bf->bytes ? ws : NULL, bf->bytes,
+                    &zero, p->w, ctx->dw_scratch));
+                conv_dw_add_kernel<T><<<cuda__blocks(count), CUDA_BLOCK, 0, ctx->stream>>>(
+                    dw, (const T *)ctx->dw_scratch, count);
+                CUDA_CHECK(cudaGetLastError());
+            }
+        }
+        if (dx) {
+            const AlgoChoice *bd = plan_algo(ctx, p, CONV_BWD_DATA, pad_bytes);
+            const void *wdev = conv_weights(ctx, w, s);
+            /* Symmetric: accumulate into dx directly (beta = 1). Asymmetric: the extended input's
+             * gradient overwrites the region (beta = 0), then its window is added into dx. */
+            CUDNN_CHECK(cudnnConvolutionBackwardData(
+                ctx->cudnn, &one, p->w, wdev, p->y, dy, p->conv,
+                (cudnnConvolutionBwdDataAlgo_t)bd->algo, bd->bytes ? ws : NULL, bd->bytes,
+                pad_bytes ? &zero : &one, p->x, pad_bytes ? (void *)ext : (void *)dx));
+            if (pad_bytes) {
+                size_t total = (size_t)s->n * s->h * s->w * s->cin;
+                if (total) {
+                    conv_add_window_kernel<T><<<cuda__blocks(total), CUDA_BLOCK, 0, ctx->stream>>>(
+                        dx, ext, s->n, s->h, s->w, s->cin, p->eh, p->ew);
+                    CUDA_CHECK(cudaGetLastError());
+                }
+            }
+        }
+    }
 }
 
 void cuda__conv2d_backward(OpsCtx *ctx, float *dx, float *dw, float *db, const float *dy,
@@ -441,46 +591,6 @@ void cuda__conv2d_backward(OpsCtx *ctx, float *dx, float *dw, float *db, const f
     ASSERT(s->cin > 0 && s->kh > 0 && s->kw > 0 && s->stride > 0);
     /* An empty output sends no gradient anywhere: every += adds nothing. */
     if (!s->n || !s->oh || !s->ow || !s->cout) return;
-    const size_t pad_bytes = conv_pad_bytes(s);
-    ASSERT(ctx->workspace_bytes >= pad_bytes);
-    const float one = 1.0f, zero = 0.0f;
-    /* The extended input (filter) and then its gradient (data) share the region at the start of
-     * the workspace; cuDNN's scratch follows it. */
-    float *ext = (float *)ctx->workspace;
-    char *ws = (char *)ctx->workspace + pad_bytes;
-
-    if (db) {
-        const int cout = s->cout;
-        cuda__colsum(ctx, db, 1, (size_t)s->n * s->oh * s->ow, cout,
-                     [=] __device__(size_t r, int ch) { return dy[r * cout + ch]; });
-    }
-    if (dw || dx) {
-        ConvPlan *p = plan_get(ctx, s);
-        if (dw) {
-            const AlgoChoice *bf = plan_algo(ctx, p, CONV_BWD_FILTER, pad_bytes);
-            const float *xin = pad_bytes ? conv_pad_input(ctx, ext, x, p) : x;
-            CUDNN_CHECK(cudnnConvolutionBackwardFilter(
-                ctx->cudnn, &one, p->x, xin, p->y, dy, p->conv,
-                (cudnnConvolutionBwdFilterAlgo_t)bf->algo, bf->bytes ? ws : NULL, bf->bytes, &one,
-                p->w, dw));
-        }
-        if (dx) {
-            const AlgoChoice *bd = plan_algo(ctx, p, CONV_BWD_DATA, pad_bytes);
-            /* Symmetric: accumulate into dx directly (beta = 1). Asymmetric: the extended input's
-             * gradient overwrites the region (beta = 0), then its window is added into dx. */
-            CUDNN_CHECK(cudnnConvolutionBackwardData(
-                ctx->cudnn, &one, p->w, w, p->y, dy, p->conv,
-                (cudnnConvolutionBwdDataAlgo_t)bd->algo, bd->bytes ? ws : NULL, bd->bytes,
-                pad_bytes ? &zero : &one, p->x, pad_bytes ? ext : dx));
-            if (pad_bytes) {
-                size_t total = (size_t)s->n * s->h * s->w * s->cin;
-                if (total) {
-                    conv_add_window_kernel<<<cuda__blocks(total), CUDA_BLOCK, 0, ctx->stream>>>(
-                        dx, ext, s->n, s->h, s->w, s->cin, p->eh, p->ew);
-                    CUDA_CHECK(cudaGetLastError());
-                }
-            }
-        }
-    }
+    CUDA_ACT_DISPATCH(ctx, conv2d_backward_t, ctx, dx, dw, db, dy, x, w, s);
     CUDA_OP_END(ctx);
 }

@@ -10,7 +10,14 @@
  * - All work goes to ctx->stream; nothing uses the legacy default stream, whose implicit
  *   synchronization would hide ordering bugs.
  * - Elementwise kernels use grid-stride loops over size_t indices, so any count fits in a grid that
- *   cuda__blocks() caps. Ops return early on empty tensors: a launch of zero blocks is an error. */
+ *   cuda__blocks() caps. Ops return early on empty tensors: a launch of zero blocks is an error.
+ * - Mixed precision (kernels/ops.h): every kernel that touches an activation tensor is a template
+ *   on its storage type T (float, __half or __nv_bfloat16) and reads and writes it only through
+ *   cuda__ld / cuda__st, which convert to and from float: the math is fp32 whatever T is, and a
+ *   value is rounded once, when it is stored. The op entry points pick T from ctx->prec with
+ *   CUDA_ACT_DISPATCH. The float instantiations are the fp32 kernels as they were, expression for
+ *   expression, so fp32 results do not change. Everything that is not an activation (parameters,
+ *   their gradients, BN statistics, SE's pooled/hidden/gate, losses) stays float. */
 #ifndef EFFDET_CUDA_COMMON_CUH
 #define EFFDET_CUDA_COMMON_CUH
 
@@ -21,6 +28,8 @@
 #include <stdlib.h>
 
 #include <cublas_v2.h>
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
 #include <cuda_runtime.h>
 #include <cudnn.h>
 
@@ -57,10 +66,32 @@ struct OpsCtx {
     float *scratch;         /* an op's small intermediates between its kernels (cuda__scratch) */
     size_t scratch_floats;
     int tf32;               /* set_tf32: convolutions and GEMMs may use TF32 tensor cores */
+    Precision prec;         /* set_precision: the storage type of activations (precision.cu) */
+    void *param_copy;       /* cast_params: the parameter block in prec's type (param_count) */
+    const float *param_base; /* the fp32 block it mirrors; conv weights map into it */
+    size_t param_count;
+    void *dw_scratch;       /* conv2d_backward under fp16/bf16: cuDNN's filter gradient in prec's
+                             * type (param_count values, so any conv's weights fit), added to dw */
+    float *act_stage;       /* act_upload/act_download: fp32 staging chunk of act_stage_floats */
+    size_t act_stage_floats;
     ConvPlan *conv_plans;   /* fixed-capacity cache of per-shape convolution plans */
+    cudaEvent_t *timer_events; /* timer.cu: the timer slots' events (timer_reserve) */
+    int timer_slots;
     int conv_plan_count;    /* slots in use */
     int conv_plan_next;     /* next slot to reuse once all are in use (round robin) */
+    struct CudaGraphs *graphs; /* graph.cu: capture state and graph slots; NULL until first used */
 };
+
+/* graph.cu: graph capture and replay, pinned host memory (the table's optional ops), and the
+ * graphs' end with the context (called first in ctx_destroy: it ends an unfinished capture). */
+extern "C" {
+int cuda__graph_begin(OpsCtx *ctx, Err *err);
+int cuda__graph_end(OpsCtx *ctx, int id, Err *err);
+int cuda__graph_launch(OpsCtx *ctx, int id, Err *err);
+int cuda__host_register(OpsCtx *ctx, void *p, size_t bytes, Err *err);
+void cuda__host_unregister(OpsCtx *ctx, void *p);
+void cuda__graph_ctx_free(OpsCtx *ctx);
+}
 
 /* Room for `floats` intermediates an op keeps between its own kernels (BN backward's per-channel
  * sums, SE backward's per-image gradients). Separate from ctx->reduce, which the sums between them
@@ -152,6 +183,45 @@ __device__ __forceinline__ float cuda__act_grad(float x, Act act)
     return act == ACT_SILU ? s * (1.0f + x * (1.0f - s)) : s * (1.0f - s);
 }
 
+/* ---- activation storage (mixed precision) -------------------------------------------------- */
+
+/* Element i of an activation tensor of storage type T, as a float (exact for every T). */
+__device__ __forceinline__ float cuda__ld(const float *p, size_t i) { return p[i]; }
+__device__ __forceinline__ float cuda__ld(const __half *p, size_t i) { return __half2float(p[i]); }
+__device__ __forceinline__ float cuda__ld(const __nv_bfloat16 *p, size_t i)
+{
+    return __bfloat162float(p[i]);
+}
+/* Stores v into element i, rounded to nearest even; beyond the type's range it becomes +-inf
+ * (IEEE overflow), which is what fp16 loss scaling looks for. */
+__device__ __forceinline__ void cuda__st(float *p, size_t i, float v) { p[i] = v; }
+__device__ __forceinline__ void cuda__st(__half *p, size_t i, float v)
+{
+    p[i] = __float2half_rn(v);
+}
+__device__ __forceinline__ void cuda__st(__nv_bfloat16 *p, size_t i, float v)
+{
+    p[i] = __float2bfloat16_rn(v);
+}
+
+/* An op's float * activation pointer seen as its storage type (ops.h keeps float * in every
+ * precision; under fp16/bf16 the first half of the buffer holds the 2-byte values). */
+template <typename T> static inline T *cuda__as(float *p) { return reinterpret_cast<T *>(p); }
+template <typename T> static inline const T *cuda__as(const float *p)
+{
+    return reinterpret_cast<const T *>(p);
+}
+
+/* Calls fn<T>(args...) with T the storage type of ctx's activations. */
+#define CUDA_ACT_DISPATCH(ctx, fn, ...)                                                          \
+    do {                                                                                         \
+        switch ((ctx)->prec) {                                                                   \
+        case PREC_FP16: fn<__half>(__VA_ARGS__); break;                                          \
+        case PREC_BF16: fn<__nv_bfloat16>(__VA_ARGS__); break;                                   \
+        default: fn<float>(__VA_ARGS__); break;                                                  \
+        }                                                                                        \
+    } while (0)
+
 /* The backend's functions, with C linkage so C code (benchmarks, tests) may call them directly. */
 extern "C" {
 
@@ -159,6 +229,7 @@ extern "C" {
 int cuda__conv_ctx_init(OpsCtx *ctx, Err *err);
 void cuda__conv_ctx_free(OpsCtx *ctx);
 void cuda__conv_math_changed(OpsCtx *ctx); /* ctx->tf32 changed: plans choose again */
+void cuda__conv_precision_changed(OpsCtx *ctx); /* ctx->prec changed: plans take the new type */
 size_t cuda__conv2d_workspace_bytes(const ConvShape *s);
 void cuda__conv2d_forward(OpsCtx *ctx, float *out, const float *in, const float *w, const float *b,
                           const ConvShape *s);
@@ -221,13 +292,22 @@ void cuda__fuse_backward(OpsCtx *ctx, float *const *dins, float *dw, const float
 void cuda__detection_loss(OpsCtx *ctx, float *loss, float *dcls, float *dbox, const float *cls,
                           const float *box, const int32_t *cls_target, const float *box_target,
                           size_t rows, int anchors, int classes, float norm, float alpha,
-                          float gamma, float delta, float box_weight, float label_smoothing);
+                          float gamma, float delta, float box_weight, float label_smoothing,
+                          float loss_scale);
 /* optim.cu */
 void cuda__sum_squares(OpsCtx *ctx, float *out, const float *x, size_t count);
 void cuda__sgd_update(OpsCtx *ctx, float *params, float *momentum_buf, const float *grads,
                       const uint8_t *decay_mask, float lr, float momentum, float weight_decay,
                       float grad_scale, size_t count);
 void cuda__ema_update(OpsCtx *ctx, float *ema, const float *x, float decay, size_t count);
+
+/* ---- mixed precision (precision.cu) ------------------------------------------------------------ */
+
+int cuda__set_precision(OpsCtx *ctx, Precision p, Err *err);
+int cuda__cast_params(OpsCtx *ctx, const float *params, size_t count, Err *err);
+void cuda__act_upload(OpsCtx *ctx, float *dst, const float *host_src, size_t count);
+void cuda__act_download(OpsCtx *ctx, float *host_dst, const float *src, size_t count);
+void cuda__ctx_free_precision(OpsCtx *ctx); /* ctx_destroy: the buffers above */
 
 /* ---- detection ---------------------------------------------------------------------------------- */
 
@@ -241,6 +321,20 @@ void cuda__detect(OpsCtx *ctx, float *dets, int32_t *n_dets, const float *const 
                   const float *const *box, const float *anchors, int count, const int *level_start,
                   int num_levels, int batch, int anchors_per_loc, int classes, int k,
                   float iou_thresh, int max_det);
+/* comm_nccl.cu: the table's comm_open where the Makefile found NCCL (EFFDET_HAVE_NCCL, which also
+ * links -lnccl); NULL, the op not offered, elsewhere. */
+#ifdef EFFDET_HAVE_NCCL
+Comm *cuda__comm_open(OpsCtx *ctx, Comm *bootstrap, int timeout_ms, Err *err);
+#define CUDA__COMM_OPEN cuda__comm_open
+#else
+#define CUDA__COMM_OPEN NULL
+#endif
+
+/* timer.cu: the op table's timers, one event per slot; cuda__timer_free runs in ctx_destroy. */
+int cuda__timer_reserve(OpsCtx *ctx, int slots, Err *err);
+void cuda__timer_mark(OpsCtx *ctx, int slot);
+double cuda__timer_elapsed_ms(OpsCtx *ctx, int from, int to);
+void cuda__timer_free(OpsCtx *ctx);
 
 } /* extern "C" */
 

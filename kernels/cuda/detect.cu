@@ -30,7 +30,11 @@
  * last bits, and two candidates whose scores tie on one side may be ordered by score on the
  * other (the test compares detections as sets). The one fused multiply-add is iou()'s area_a + area_b, which gcc 12 contracts on
  * x86-64-v3 (the Makefile's ARCH): det_iou does the same, so IoUs at the threshold agree.
- * Logits are assumed not NaN (a NaN would rank above +inf here). */
+ * Logits are assumed not NaN (a NaN would rank above +inf here).
+ *
+ * Mixed precision: the cls and box tensors are of the context's storage type T (cuda_common.cuh),
+ * read through cuda__ld; a 2-byte value converts to float exactly, so everything after the read
+ * is the fp32 op's arithmetic on those values. Anchors, scratch and dets are float. */
 #include "kernels/cuda/cuda_common.cuh"
 
 enum {
@@ -43,13 +47,13 @@ enum {
     DET_SCAN_THREADS = 128,
 };
 
-/* Each level's logits and box outputs (backend pointers) and its first anchor. */
-typedef struct DetLevels {
-    const float *cls[DET_MAX_LEVELS];
-    const float *box[DET_MAX_LEVELS];
+/* Each level's logits and box outputs (backend pointers, storage type T) and its first anchor. */
+template <typename T> struct DetLevels {
+    const T *cls[DET_MAX_LEVELS];
+    const T *box[DET_MAX_LEVELS];
     int start[DET_MAX_LEVELS + 1];
     int num_levels;
-} DetLevels;
+};
 
 /* The workspace, carved by det_layout. (batch, k) arrays hold each image's k candidates. */
 typedef struct DetScratch {
@@ -87,16 +91,16 @@ __device__ __forceinline__ uint32_t det_key_flat(uint64_t key) { return ~(uint32
 
 /* Calls f(key) for the logits of image b that this thread owns: blockIdx.x and threadIdx.x stride
  * over each level's (cells * A * C) slice of the image. */
-template <typename F>
-__device__ __forceinline__ void det_for_each_logit(const DetLevels &lv, int classes, int b, F f)
+template <typename T, typename F>
+__device__ __forceinline__ void det_for_each_logit(const DetLevels<T> &lv, int classes, int b, F f)
 {
     const size_t stride = (size_t)gridDim.x * blockDim.x;
     for (int l = 0; l < lv.num_levels; l++) {
         const size_t n = (size_t)(lv.start[l + 1] - lv.start[l]) * classes;
-        const float *x = lv.cls[l] + (size_t)b * n;
+        const T *x = lv.cls[l] + (size_t)b * n;
         const uint32_t base = (uint32_t)lv.start[l] * (uint32_t)classes;
         for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += stride)
-            f(det_key(x[i], base + (uint32_t)i));
+            f(det_key(cuda__ld(x, i), base + (uint32_t)i));
     }
 }
 
@@ -125,8 +129,9 @@ __device__ __forceinline__ float det_iou(float4 a, float4 b)
 
 /* Pass `pass` of the radix select: hist[b][byte] += keys of image b that share the chosen bytes
  * (prefix[b], unused in pass 0), counted by their byte at bit 56 - 8 pass. Grid (x, batch). */
-__global__ void det_hist_kernel(uint32_t *hist, const uint64_t *prefix, DetLevels lv, int classes,
-                                int pass)
+template <typename T>
+__global__ void det_hist_kernel(uint32_t *hist, const uint64_t *prefix, DetLevels<T> lv,
+                                int classes, int pass)
 {
     __shared__ uint32_t s_hist[DET_BINS];
     const int b = blockIdx.y;
@@ -161,8 +166,9 @@ __global__ void det_select_kernel(uint64_t *prefix, uint32_t *remaining, const u
 
 /* The k keys >= T of each image, in whatever order the atomics hand out slots (later steps
  * order them by key, so the order here does not matter). */
+template <typename T>
 __global__ void det_collect_kernel(uint64_t *cand_key, uint32_t *count, const uint64_t *threshold,
-                                   DetLevels lv, int classes, int k)
+                                   DetLevels<T> lv, int classes, int k)
 {
     const int b = blockIdx.y;
     const uint64_t t = threshold[b];
@@ -174,8 +180,9 @@ __global__ void det_collect_kernel(uint64_t *cand_key, uint32_t *count, const ui
 }
 
 /* postprocess.c decode() for each of the batch * k candidates. */
+template <typename T>
 __global__ void det_decode_kernel(float4 *cand_box, float *cand_score, int32_t *cand_class,
-                                  const uint64_t *cand_key, const float *anchors, DetLevels lv,
+                                  const uint64_t *cand_key, const float *anchors, DetLevels<T> lv,
                                   int classes, int k, size_t n)
 {
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
@@ -187,7 +194,8 @@ __global__ void det_decode_kernel(float4 *cand_box, float *cand_score, int32_t *
         int l = 0;
         while (anchor >= lv.start[l + 1]) l++;
         const size_t rows_l = (size_t)(lv.start[l + 1] - lv.start[l]); /* cells * A */
-        const float *t = lv.box[l] + ((size_t)b * rows_l + (size_t)(anchor - lv.start[l])) * 4;
+        const T *tp = lv.box[l] + ((size_t)b * rows_l + (size_t)(anchor - lv.start[l])) * 4;
+        const float t[4] = {cuda__ld(tp, 0), cuda__ld(tp, 1), cuda__ld(tp, 2), cuda__ld(tp, 3)};
         const float *an = anchors + (size_t)anchor * 4;
         const float yca = __fdiv_rn(__fadd_rn(an[0], an[2]), 2.0f);
         const float xca = __fdiv_rn(__fadd_rn(an[1], an[3]), 2.0f);
@@ -337,29 +345,23 @@ size_t cuda__detect_workspace_bytes(int batch, int count, int classes, int k, in
     return det_layout(&s, NULL, batch, k);
 }
 
-void cuda__detect(OpsCtx *ctx, float *dets, int32_t *n_dets, const float *const *cls,
-                  const float *const *box, const float *anchors, int count, const int *level_start,
-                  int num_levels, int batch, int anchors_per_loc, int classes, int k,
-                  float iou_thresh, int max_det)
+/* Steps 1-4 for storage type T: everything of cuda__detect past its checks. */
+template <typename T>
+static void detect_t(OpsCtx *ctx, float *dets, int32_t *n_dets, const float *const *cls,
+                     const float *const *box, const float *anchors, int count,
+                     const int *level_start, int num_levels, int batch, int classes, int k,
+                     float iou_thresh, int max_det)
 {
-    if (batch <= 0) return;
     const size_t n = (size_t)count * classes;
-    /* flat indices are int on the CPU and 32-bit in the keys */
-    ASSERT(count > 0 && classes > 0 && n <= (size_t)INT32_MAX && batch <= 65535);
-    ASSERT(k >= 1 && (size_t)k <= n && max_det >= 0);
-    ASSERT(num_levels >= 1 && num_levels <= DET_MAX_LEVELS && anchors_per_loc > 0);
-    ASSERT(level_start[0] == 0 && level_start[num_levels] == count);
-    DetLevels lv = {};
+    DetLevels<T> lv = {};
     for (int l = 0; l < num_levels; l++) {
-        ASSERT(level_start[l + 1] >= level_start[l]);
-        ASSERT((level_start[l + 1] - level_start[l]) % anchors_per_loc == 0);
-        lv.cls[l] = cls[l], lv.box[l] = box[l], lv.start[l] = level_start[l];
+        lv.cls[l] = cuda__as<T>(cls[l]), lv.box[l] = cuda__as<T>(box[l]);
+        lv.start[l] = level_start[l];
     }
     lv.start[num_levels] = count;
     lv.num_levels = num_levels;
     const int words = (k + DET_WORD - 1) / DET_WORD;
     const size_t scan_shared = (size_t)words * sizeof(uint64_t);
-    ASSERT(words <= 65535 && scan_shared <= 48 * 1024); /* grid y of the mask; default shared */
 
     DetScratch s;
     const size_t need = det_layout(&s, ctx->workspace, batch, k);
@@ -375,20 +377,20 @@ void cuda__detect(OpsCtx *ctx, float *dets, int32_t *n_dets, const float *const 
     const unsigned per_image = (unsigned)((batch + CUDA_BLOCK - 1) / CUDA_BLOCK);
     for (int pass = 0; pass < DET_PASSES; pass++) {
         uint32_t *hist = s.hist + (size_t)pass * batch * DET_BINS;
-        det_hist_kernel<<<all, CUDA_BLOCK, 0, st>>>(hist, s.prefix, lv, classes, pass);
+        det_hist_kernel<T><<<all, CUDA_BLOCK, 0, st>>>(hist, s.prefix, lv, classes, pass);
         CUDA_CHECK(cudaGetLastError());
         det_select_kernel<<<per_image, CUDA_BLOCK, 0, st>>>(s.prefix, s.remaining, hist, batch, k,
                                                             pass);
         CUDA_CHECK(cudaGetLastError());
     }
-    det_collect_kernel<<<all, CUDA_BLOCK, 0, st>>>(s.key, s.count, s.prefix, lv, classes, k);
+    det_collect_kernel<T><<<all, CUDA_BLOCK, 0, st>>>(s.key, s.count, s.prefix, lv, classes, k);
     CUDA_CHECK(cudaGetLastError());
 
     /* 2. decode, 3. NMS order */
     const size_t bk = (size_t)batch * k;
-    det_decode_kernel<<<cuda__blocks(bk), CUDA_BLOCK, 0, st>>>(s.cand_box, s.cand_score,
-                                                               s.cand_class, s.key, anchors, lv,
-                                                               classes, k, bk);
+    det_decode_kernel<T><<<cuda__blocks(bk), CUDA_BLOCK, 0, st>>>(s.cand_box, s.cand_score,
+                                                                  s.cand_class, s.key, anchors, lv,
+                                                                  classes, k, bk);
     CUDA_CHECK(cudaGetLastError());
     const dim3 tiles((unsigned)((k + DET_TILE - 1) / DET_TILE), (unsigned)batch);
     det_rank_kernel<<<tiles, DET_TILE, 0, st>>>(s.box, s.score, s.cls, s.cand_box, s.cand_score,
@@ -402,5 +404,28 @@ void cuda__detect(OpsCtx *ctx, float *dets, int32_t *n_dets, const float *const 
     det_nms_scan_kernel<<<(unsigned)batch, DET_SCAN_THREADS, scan_shared, st>>>(
         dets, n_dets, s.mask, s.box, s.score, s.cls, k, words, max_det);
     CUDA_CHECK(cudaGetLastError());
+}
+
+void cuda__detect(OpsCtx *ctx, float *dets, int32_t *n_dets, const float *const *cls,
+                  const float *const *box, const float *anchors, int count, const int *level_start,
+                  int num_levels, int batch, int anchors_per_loc, int classes, int k,
+                  float iou_thresh, int max_det)
+{
+    if (batch <= 0) return;
+    const size_t n = (size_t)count * classes;
+    /* flat indices are int on the CPU and 32-bit in the keys */
+    ASSERT(count > 0 && classes > 0 && n <= (size_t)INT32_MAX && batch <= 65535);
+    ASSERT(k >= 1 && (size_t)k <= n && max_det >= 0);
+    ASSERT(num_levels >= 1 && num_levels <= DET_MAX_LEVELS && anchors_per_loc > 0);
+    ASSERT(level_start[0] == 0 && level_start[num_levels] == count);
+    for (int l = 0; l < num_levels; l++) {
+        ASSERT(level_start[l + 1] >= level_start[l]);
+        ASSERT((level_start[l + 1] - level_start[l]) % anchors_per_loc == 0);
+    }
+    const int words = (k + DET_WORD - 1) / DET_WORD;
+    const size_t scan_shared = (size_t)words * sizeof(uint64_t);
+    ASSERT(words <= 65535 && scan_shared <= 48 * 1024); /* grid y of the mask; default shared */
+    CUDA_ACT_DISPATCH(ctx, detect_t, ctx, dets, n_dets, cls, box, anchors, count, level_start,
+                      num_levels, batch, classes, k, iou_thresh, max_det);
     CUDA_OP_END(ctx);
 }

@@ -1,8 +1,12 @@
-/* elementwise.cu: the CUDA backend's memory-bound ops, fp32 NHWC: inference batch norm (+ act),
+/* elementwise.cu: the CUDA backend's memory-bound ops, NHWC: inference batch norm (+ act),
  * activations, residual add, BiFPN fusion, squeeze-excitation, SAME max pooling and legacy nearest
  * upsampling. Each follows its CPU reference (kernels/cpu/norm.c, elementwise.c, se.c,
  * resample.c) expression for expression, so results differ only where the GPU fuses a multiply and
  * an add, or, in SE's reductions, sums in another order.
+ *
+ * Activations are of the context's storage type T (cuda_common.cuh, mixed precision): kernels
+ * read them with cuda__ld and write them with cuda__st, and compute in float. Parameters and SE's
+ * pooled/hidden/gate are float in every precision.
  *
  * Index maps put the channel innermost on consecutive threads, so every warp reads and writes
  * contiguous memory. Per-channel parameters (batch norm's folded scale and shift) are computed once
@@ -11,18 +15,19 @@
 
 /* Up to four fusion inputs travel by value in the kernel's parameters: no host-to-device copy of
  * the pointer array, and nothing to synchronize on. */
-typedef struct FuseInputs {
-    const float *p[4];
-} FuseInputs;
+template <typename T> struct FuseInputs {
+    const T *p[4];
+};
 
 enum { TILE_C = 32, TILE_R = 8, SE_POOL_ROWS = 32 };
 
 /* ---- kernels ------------------------------------------------------------------------------------ */
 
 /* Block (TILE_C, TILE_R): threadIdx.x picks the channel, the y dimension strides over rows. */
-__global__ void bn_infer_forward_kernel(float *out, const float *in, const float *gamma,
-                                        const float *beta, const float *mean, const float *var,
-                                        float eps, Act act, size_t rows, int c)
+template <typename T>
+__global__ void bn_infer_forward_kernel(T *out, const T *in, const float *gamma, const float *beta,
+                                        const float *mean, const float *var, float eps, Act act,
+                                        size_t rows, int c)
 {
     int ch = blockIdx.x * TILE_C + threadIdx.x;
     if (ch >= c) return;
@@ -32,36 +37,42 @@ __global__ void bn_infer_forward_kernel(float *out, const float *in, const float
     for (size_t r = blockIdx.y * (size_t)TILE_R + threadIdx.y; r < rows;
          r += (size_t)gridDim.y * TILE_R) {
         size_t i = r * c + ch;
-        out[i] = cuda__act(in[i] * scale + shift, act);
+        cuda__st(out, i, cuda__act(cuda__ld(in, i) * scale + shift, act));
     }
 }
 
-__global__ void act_forward_kernel(float *out, const float *in, Act act, size_t count)
+template <typename T>
+__global__ void act_forward_kernel(T *out, const T *in, Act act, size_t count)
 {
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < count;
          i += (size_t)gridDim.x * blockDim.x)
-        out[i] = cuda__act(in[i], act);
+        cuda__st(out, i, cuda__act(cuda__ld(in, i), act));
 }
 
-__global__ void add_forward_kernel(float *out, const float *a, const float *b, size_t count)
+template <typename T>
+__global__ void add_forward_kernel(T *out, const T *a, const T *b, size_t count)
 {
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < count;
          i += (size_t)gridDim.x * blockDim.x)
-        out[i] = a[i] + b[i];
+        cuda__st(out, i, cuda__ld(a, i) + cuda__ld(b, i));
 }
 
 /* The edge weights stay on the device (they are trained parameters); every thread folds them the
  * way the CPU does, in input order, so denom is bitwise the CPU's. Each term is
  * (x_i * relu(w_i)) / denom, summed in input order, as effdet computes it. */
-__global__ void fuse_forward_kernel(float *out, FuseInputs ins, const float *w, int k, size_t count)
+template <typename T>
+__global__ void fuse_forward_kernel(T *out, FuseInputs<T> ins, const float *w, int k, size_t count)
 {
     float wr[4];
     const float denom = cuda__fuse_weights(wr, w, k);
     for (size_t j = blockIdx.x * (size_t)blockDim.x + threadIdx.x; j < count;
          j += (size_t)gridDim.x * blockDim.x) {
         float acc = 0.0f;
-        for (int i = 0; i < k; i++) acc += w ? (ins.p[i][j] * wr[i]) / denom : ins.p[i][j];
-        out[j] = acc;
+        for (int i = 0; i < k; i++) {
+            const float x = cuda__ld(ins.p[i], j);
+            acc += w ? (x * wr[i]) / denom : x;
+        }
+        cuda__st(out, j, acc);
     }
 }
 
@@ -70,14 +81,15 @@ __global__ void fuse_forward_kernel(float *out, FuseInputs ins, const float *w, 
  * column of partial sums is reduced in shared memory. Deterministic: no atomics. The grid has only
  * N * ceil(C/32) blocks, few for the early SE layers (large HW, small C); splitting HW over more
  * blocks, with partial sums in the workspace, is the optimization to measure there. */
-__global__ void se_pool_kernel(float *pooled, const float *x, int hw, int c)
+template <typename T> __global__ void se_pool_kernel(float *pooled, const T *x, int hw, int c)
 {
     __shared__ float part[SE_POOL_ROWS][TILE_C + 1];
     int ch = blockIdx.x * TILE_C + threadIdx.x;
     size_t b = blockIdx.y;
     float acc = 0.0f;
     if (ch < c)
-        for (int i = threadIdx.y; i < hw; i += SE_POOL_ROWS) acc += x[(b * hw + i) * c + ch];
+        for (int i = threadIdx.y; i < hw; i += SE_POOL_ROWS)
+            acc += cuda__ld(x, (b * hw + i) * c + ch);
     part[threadIdx.y][threadIdx.x] = acc;
     __syncthreads();
     for (int half = SE_POOL_ROWS / 2; half > 0; half /= 2) {
@@ -123,32 +135,33 @@ __global__ void se_expand_kernel(float *gate, const float *hidden, const float *
 
 /* SE excite: out (N, HW, C) = x * gate (N, C), broadcast over HW. Grid (blocks, N): the y index
  * is the image, so the gate row is fixed per block. */
-__global__ void se_scale_kernel(float *out, const float *x, const float *gate, int hw, int c)
+template <typename T>
+__global__ void se_scale_kernel(T *out, const T *x, const float *gate, int hw, int c)
 {
     const size_t per_image = (size_t)hw * c;
     const float *g = gate + blockIdx.y * (size_t)c;
     const size_t base = blockIdx.y * per_image;
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < per_image;
          i += (size_t)gridDim.x * blockDim.x)
-        out[base + i] = x[base + i] * g[i % c];
+        cuda__st(out, base + i, cuda__ld(x, base + i) * g[i % c]);
 }
 
 /* Max over the window's cells that lie inside the input: padding is -inf, so it never wins, and a
  * window entirely in padding (impossible with SAME) would give -inf as on the CPU. */
-__global__ void maxpool_forward_kernel(float *out, const float *in, PoolShape s)
+template <typename T> __global__ void maxpool_forward_kernel(T *out, const T *in, PoolShape s)
 {
     const size_t total = (size_t)s.n * s.oh * s.ow * s.c;
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total;
          i += (size_t)gridDim.x * blockDim.x) {
         const NhwcIndex o = cuda__nhwc(i, s.oh, s.ow, s.c);
-        const float *img = in + o.n * s.h * s.w * s.c + o.c;
+        const T *img = in + o.n * s.h * s.w * s.c + o.c;
         float m = -INFINITY;
         cuda__window(o.y, o.x, s.h, s.w, s.kh, s.kw, s.stride, s.pad_top, s.pad_left,
                      [&](int iy, int ix, int) {
-                         float v = img[((size_t)iy * s.w + ix) * s.c];
+                         float v = cuda__ld(img, ((size_t)iy * s.w + ix) * s.c);
                          m = v > m ? v : m; /* the CPU's comparison, so NaN handling matches too */
                      });
-        out[i] = m;
+        cuda__st(out, i, m);
     }
 }
 
@@ -164,8 +177,10 @@ __device__ __forceinline__ int nearest_src(int dst, int in, int out)
     return src < in - 1 ? src : in - 1;
 }
 
-__global__ void upsample_nearest_forward_kernel(float *out, const float *in, int n, int h, int w,
-                                                int c, int oh, int ow)
+/* A copy: the value is stored in the type it was read from, so nothing is rounded. */
+template <typename T>
+__global__ void upsample_nearest_forward_kernel(T *out, const T *in, int n, int h, int w, int c,
+                                                int oh, int ow)
 {
     const size_t total = (size_t)n * oh * ow * c;
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total;
@@ -178,32 +193,69 @@ __global__ void upsample_nearest_forward_kernel(float *out, const float *in, int
 
 /* ---- launchers ---------------------------------------------------------------------------------- */
 
+/* Each op checks its sizes, launches its kernels for the context's storage type T (the *_t
+ * functions, through CUDA_ACT_DISPATCH) and ends with CUDA_OP_END. */
+
+template <typename T>
+static void bn_infer_forward_t(OpsCtx *ctx, float *out, const float *in, const float *gamma,
+                               const float *beta, const float *mean, const float *var, float eps,
+                               Act act, size_t rows, int c)
+{
+    dim3 grid((c + TILE_C - 1) / TILE_C, cuda__cap_blocks((rows + TILE_R - 1) / TILE_R));
+    bn_infer_forward_kernel<T><<<grid, dim3(TILE_C, TILE_R), 0, ctx->stream>>>(
+        cuda__as<T>(out), cuda__as<T>(in), gamma, beta, mean, var, eps, act, rows, c);
+    CUDA_CHECK(cudaGetLastError());
+}
+
 void cuda__bn_infer_forward(OpsCtx *ctx, float *out, const float *in, const float *gamma,
                             const float *beta, const float *mean, const float *var, float eps,
                             Act act, size_t rows, int c)
 {
     if (!rows || c <= 0) return;
-    dim3 grid((c + TILE_C - 1) / TILE_C, cuda__cap_blocks((rows + TILE_R - 1) / TILE_R));
-    bn_infer_forward_kernel<<<grid, dim3(TILE_C, TILE_R), 0, ctx->stream>>>(
-        out, in, gamma, beta, mean, var, eps, act, rows, c);
-    CUDA_CHECK(cudaGetLastError());
+    CUDA_ACT_DISPATCH(ctx, bn_infer_forward_t, ctx, out, in, gamma, beta, mean, var, eps, act,
+                      rows, c);
     CUDA_OP_END(ctx);
+}
+
+template <typename T>
+static void act_forward_t(OpsCtx *ctx, float *out, const float *in, Act act, size_t count)
+{
+    act_forward_kernel<T><<<cuda__blocks(count), CUDA_BLOCK, 0, ctx->stream>>>(
+        cuda__as<T>(out), cuda__as<T>(in), act, count);
+    CUDA_CHECK(cudaGetLastError());
 }
 
 void cuda__act_forward(OpsCtx *ctx, float *out, const float *in, Act act, size_t count)
 {
     if (!count) return;
-    act_forward_kernel<<<cuda__blocks(count), CUDA_BLOCK, 0, ctx->stream>>>(out, in, act, count);
-    CUDA_CHECK(cudaGetLastError());
+    CUDA_ACT_DISPATCH(ctx, act_forward_t, ctx, out, in, act, count);
     CUDA_OP_END(ctx);
+}
+
+template <typename T>
+static void add_forward_t(OpsCtx *ctx, float *out, const float *a, const float *b, size_t count)
+{
+    add_forward_kernel<T><<<cuda__blocks(count), CUDA_BLOCK, 0, ctx->stream>>>(
+        cuda__as<T>(out), cuda__as<T>(a), cuda__as<T>(b), count);
+    CUDA_CHECK(cudaGetLastError());
 }
 
 void cuda__add_forward(OpsCtx *ctx, float *out, const float *a, const float *b, size_t count)
 {
     if (!count) return;
-    add_forward_kernel<<<cuda__blocks(count), CUDA_BLOCK, 0, ctx->stream>>>(out, a, b, count);
-    CUDA_CHECK(cudaGetLastError());
+    CUDA_ACT_DISPATCH(ctx, add_forward_t, ctx, out, a, b, count);
     CUDA_OP_END(ctx);
+}
+
+template <typename T>
+static void fuse_forward_t(OpsCtx *ctx, float *out, const float *const *ins, const float *w, int k,
+                           size_t count)
+{
+    FuseInputs<T> in = {{NULL, NULL, NULL, NULL}};
+    for (int i = 0; i < k; i++) in.p[i] = cuda__as<T>(ins[i]);
+    fuse_forward_kernel<T><<<cuda__blocks(count), CUDA_BLOCK, 0, ctx->stream>>>(
+        cuda__as<T>(out), in, w, k, count);
+    CUDA_CHECK(cudaGetLastError());
 }
 
 void cuda__fuse_forward(OpsCtx *ctx, float *out, const float *const *ins, const float *w, int k,
@@ -211,21 +263,18 @@ void cuda__fuse_forward(OpsCtx *ctx, float *out, const float *const *ins, const 
 {
     ASSERT(k >= 1 && k <= 4);
     if (!count) return;
-    FuseInputs in = {{NULL, NULL, NULL, NULL}};
-    for (int i = 0; i < k; i++) in.p[i] = ins[i];
-    fuse_forward_kernel<<<cuda__blocks(count), CUDA_BLOCK, 0, ctx->stream>>>(out, in, w, k, count);
-    CUDA_CHECK(cudaGetLastError());
+    CUDA_ACT_DISPATCH(ctx, fuse_forward_t, ctx, out, ins, w, k, count);
     CUDA_OP_END(ctx);
 }
 
-void cuda__se_forward(OpsCtx *ctx, float *out, float *pooled, float *hidden, float *gate,
-                      const float *x, const float *w_r, const float *b_r, const float *w_e,
-                      const float *b_e, int n, int hw, int c, int cr)
+template <typename T>
+static void se_forward_t(OpsCtx *ctx, float *out, float *pooled, float *hidden, float *gate,
+                         const float *x, const float *w_r, const float *b_r, const float *w_e,
+                         const float *b_e, int n, int hw, int c, int cr)
 {
-    ASSERT((size_t)n <= CUDA_MAX_BLOCKS && cr > 0);
-    if (n <= 0 || hw <= 0 || c <= 0) return;
     dim3 pool_grid((c + TILE_C - 1) / TILE_C, n);
-    se_pool_kernel<<<pool_grid, dim3(TILE_C, SE_POOL_ROWS), 0, ctx->stream>>>(pooled, x, hw, c);
+    se_pool_kernel<T><<<pool_grid, dim3(TILE_C, SE_POOL_ROWS), 0, ctx->stream>>>(
+        pooled, cuda__as<T>(x), hw, c);
     CUDA_CHECK(cudaGetLastError());
     se_reduce_kernel<<<cuda__blocks((size_t)n * cr * 32), CUDA_BLOCK, 0, ctx->stream>>>(
         hidden, pooled, w_r, b_r, n, c, cr);
@@ -234,9 +283,29 @@ void cuda__se_forward(OpsCtx *ctx, float *out, float *pooled, float *hidden, flo
         gate, hidden, w_e, b_e, n, c, cr);
     CUDA_CHECK(cudaGetLastError());
     dim3 scale_grid(cuda__blocks((size_t)hw * c), n);
-    se_scale_kernel<<<scale_grid, CUDA_BLOCK, 0, ctx->stream>>>(out, x, gate, hw, c);
+    se_scale_kernel<T><<<scale_grid, CUDA_BLOCK, 0, ctx->stream>>>(cuda__as<T>(out),
+                                                                   cuda__as<T>(x), gate, hw, c);
     CUDA_CHECK(cudaGetLastError());
+}
+
+void cuda__se_forward(OpsCtx *ctx, float *out, float *pooled, float *hidden, float *gate,
+                      const float *x, const float *w_r, const float *b_r, const float *w_e,
+                      const float *b_e, int n, int hw, int c, int cr)
+{
+    ASSERT((size_t)n <= CUDA_MAX_BLOCKS && cr > 0);
+    if (n <= 0 || hw <= 0 || c <= 0) return;
+    CUDA_ACT_DISPATCH(ctx, se_forward_t, ctx, out, pooled, hidden, gate, x, w_r, b_r, w_e, b_e, n,
+                      hw, c, cr);
     CUDA_OP_END(ctx);
+}
+
+template <typename T>
+static void maxpool_forward_t(OpsCtx *ctx, float *out, const float *in, const PoolShape *s,
+                              size_t total)
+{
+    maxpool_forward_kernel<T><<<cuda__blocks(total), CUDA_BLOCK, 0, ctx->stream>>>(
+        cuda__as<T>(out), cuda__as<T>(in), *s);
+    CUDA_CHECK(cudaGetLastError());
 }
 
 void cuda__maxpool_forward(OpsCtx *ctx, float *out, const float *in, const PoolShape *s)
@@ -244,9 +313,17 @@ void cuda__maxpool_forward(OpsCtx *ctx, float *out, const float *in, const PoolS
     ASSERT(s->stride > 0);
     size_t total = (size_t)s->n * s->oh * s->ow * s->c;
     if (!total) return;
-    maxpool_forward_kernel<<<cuda__blocks(total), CUDA_BLOCK, 0, ctx->stream>>>(out, in, *s);
-    CUDA_CHECK(cudaGetLastError());
+    CUDA_ACT_DISPATCH(ctx, maxpool_forward_t, ctx, out, in, s, total);
     CUDA_OP_END(ctx);
+}
+
+template <typename T>
+static void upsample_nearest_forward_t(OpsCtx *ctx, float *out, const float *in, int n, int h,
+                                       int w, int c, int oh, int ow, size_t total)
+{
+    upsample_nearest_forward_kernel<T><<<cuda__blocks(total), CUDA_BLOCK, 0, ctx->stream>>>(
+        cuda__as<T>(out), cuda__as<T>(in), n, h, w, c, oh, ow);
+    CUDA_CHECK(cudaGetLastError());
 }
 
 void cuda__upsample_nearest_forward(OpsCtx *ctx, float *out, const float *in, int n, int h, int w,
@@ -254,8 +331,6 @@ void cuda__upsample_nearest_forward(OpsCtx *ctx, float *out, const float *in, in
 {
     size_t total = (size_t)n * oh * ow * c;
     if (!total) return;
-    upsample_nearest_forward_kernel<<<cuda__blocks(total), CUDA_BLOCK, 0, ctx->stream>>>(
-        out, in, n, h, w, c, oh, ow);
-    CUDA_CHECK(cudaGetLastError());
+    CUDA_ACT_DISPATCH(ctx, upsample_nearest_forward_t, ctx, out, in, n, h, w, c, oh, ow, total);
     CUDA_OP_END(ctx);
 }

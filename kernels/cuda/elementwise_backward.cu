@@ -1,8 +1,12 @@
 /* elementwise_backward.cu: the CUDA backend's backward passes of the memory-bound ops of
  * elementwise.cu: activations, gradient accumulation (the backward of add), BiFPN fusion,
- * squeeze-excitation, SAME max pooling and legacy nearest upsampling, fp32 NHWC. Each follows its
+ * squeeze-excitation, SAME max pooling and legacy nearest upsampling, NHWC. Each follows its
  * CPU reference (kernels/cpu/norm.c, elementwise.c, se.c, resample.c) expression for expression,
  * and, as every backward, ACCUMULATES (+=) into the gradients it produces.
+ *
+ * Activations and their gradients (x, dy, dx, ins, dins) are of the context's storage type T
+ * (cuda_common.cuh): a dx += reads the old value, adds in float and rounds the sum once when it
+ * stores it. Fusion edge weights, SE's saved tensors and parameter gradients are float.
  *
  * Determinism without atomics: where several outputs feed one input (overlapping pool windows,
  * upsampled copies) each input cell gathers its contributions itself, in the order the CPU's
@@ -15,13 +19,13 @@
 
 /* Up to four fusion tensors travel by value in the kernel's parameters (as elementwise.cu's
  * FuseInputs): no host-to-device copy of the pointer array, nothing to synchronize on. */
-typedef struct FuseInputs {
-    const float *p[4];
-} FuseInputs;
+template <typename T> struct FuseInputs {
+    const T *p[4];
+};
 
-typedef struct FuseGrads {
-    float *p[4]; /* NULL: that input needs no gradient */
-} FuseGrads;
+template <typename T> struct FuseGrads {
+    T *p[4]; /* NULL: that input needs no gradient */
+};
 
 enum { TILE_C = 32, SE_ROWS = 32 };
 
@@ -31,16 +35,17 @@ enum { TILE_C = 32, SE_ROWS = 32 };
  * recomputed in double as the CPU's fuse_grad_chunk. Each term is divided by denom here (the CPU
  * divides the total), so the sum can add straight into dw; where w_i <= 0 every term is 0 and dw_i
  * keeps its value, as the CPU skips it. */
-static __device__ __forceinline__ float fuse_dw_term(const FuseInputs &in, const float *dy,
+template <typename T>
+static __device__ __forceinline__ float fuse_dw_term(const FuseInputs<T> &in, const T *dy,
                                                      const float *w, int k, int i, size_t j)
 {
     float wr[4];
     const float denom = cuda__fuse_weights(wr, w, k);
     if (!(w[i] > 0.0f)) return 0.0f;
     double out = 0.0;
-    for (int m = 0; m < k; m++) out += (double)wr[m] * in.p[m][j];
+    for (int m = 0; m < k; m++) out += (double)wr[m] * cuda__ld(in.p[m], j);
     out /= denom;
-    return (float)((double)dy[j] * (in.p[i][j] - out) / denom);
+    return (float)((double)cuda__ld(dy, j) * (cuda__ld(in.p[i], j) - out) / denom);
 }
 
 /* PyTorch's legacy nearest index, elementwise.cu's and the CPU's nearest_src verbatim. */
@@ -88,34 +93,39 @@ static __device__ __forceinline__ void pool_range(int i, int k, int stride, int 
 
 /* ---- kernels ------------------------------------------------------------------------------------ */
 
-__global__ void act_backward_kernel(float *dx, const float *dy, const float *x, Act act,
-                                    size_t count)
+template <typename T>
+__global__ void act_backward_kernel(T *dx, const T *dy, const T *x, Act act, size_t count)
 {
     /* Without an activation x is never read (the CPU does not read it either). */
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < count;
-         i += (size_t)gridDim.x * blockDim.x)
-        dx[i] += act == ACT_NONE ? dy[i] : dy[i] * cuda__act_grad(x[i], act);
+         i += (size_t)gridDim.x * blockDim.x) {
+        const float g = cuda__ld(dy, i);
+        cuda__st(dx, i,
+                 cuda__ld(dx, i) + (act == ACT_NONE ? g : g * cuda__act_grad(cuda__ld(x, i), act)));
+    }
 }
 
-__global__ void accumulate_kernel(float *dst, const float *src, size_t count)
+template <typename T> __global__ void accumulate_kernel(T *dst, const T *src, size_t count)
 {
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < count;
          i += (size_t)gridDim.x * blockDim.x)
-        dst[i] += src[i];
+        cuda__st(dst, i, cuda__ld(dst, i) + cuda__ld(src, i));
 }
 
 /* dins[i] += (dy * relu(w_i)) / denom, or dy for sum fusion; inputs are visited in order within
  * one thread, so even two entries naming the same tensor add up as on the CPU. */
-__global__ void fuse_backward_kernel(FuseGrads dins, const float *dy, const float *w, int k,
+template <typename T>
+__global__ void fuse_backward_kernel(FuseGrads<T> dins, const T *dy, const float *w, int k,
                                      size_t count)
 {
     float wr[4];
     const float denom = cuda__fuse_weights(wr, w, k);
     for (size_t j = blockIdx.x * (size_t)blockDim.x + threadIdx.x; j < count;
          j += (size_t)gridDim.x * blockDim.x) {
-        const float g = dy[j];
+        const float g = cuda__ld(dy, j);
         for (int i = 0; i < k; i++)
-            if (dins.p[i]) dins.p[i][j] += w ? (g * wr[i]) / denom : g;
+            if (dins.p[i])
+                cuda__st(dins.p[i], j, cuda__ld(dins.p[i], j) + (w ? (g * wr[i]) / denom : g));
     }
 }
 
@@ -123,8 +133,9 @@ __global__ void fuse_backward_kernel(FuseGrads dins, const float *dy, const floa
  * da_e = dgate * gate (1 - gate), the gradient at the excite pre-sigmoid, in the CPU's order.
  * Grid (ceil(C/TILE_C), N), block (TILE_C, SE_ROWS), as se_pool_kernel: each thread sums every
  * SE_ROWS-th row of one channel, then the column of partials folds in shared memory. */
-__global__ void se_gate_grad_kernel(float *da_e, const float *dy, const float *x, const float *gate,
-                                    int hw, int c)
+template <typename T>
+__global__ void se_gate_grad_kernel(float *da_e, const T *dy, const T *x, const float *gate, int hw,
+                                    int c)
 {
     __shared__ double part[SE_ROWS][TILE_C + 1];
     const int ch = blockIdx.x * TILE_C + threadIdx.x;
@@ -133,7 +144,7 @@ __global__ void se_gate_grad_kernel(float *da_e, const float *dy, const float *x
     if (ch < c)
         for (int i = threadIdx.y; i < hw; i += SE_ROWS) {
             const size_t at = (b * hw + i) * c + ch;
-            acc += (double)dy[at] * x[at];
+            acc += (double)cuda__ld(dy, at) * cuda__ld(x, at);
         }
     part[threadIdx.y][threadIdx.x] = acc;
     __syncthreads();
@@ -230,8 +241,9 @@ __global__ void se_pool_grad_kernel(float *dpool, const float *da_r, const float
 
 /* SE: dx (N, HW, C) += dy * gate + dpool, broadcast over HW. Grid (blocks, N): the y index is the
  * image, so the gate and dpool rows are fixed per block. */
-__global__ void se_dx_kernel(float *dx, const float *dy, const float *gate, const float *dpool,
-                             int hw, int c)
+template <typename T>
+__global__ void se_dx_kernel(T *dx, const T *dy, const float *gate, const float *dpool, int hw,
+                             int c)
 {
     const size_t per_image = (size_t)hw * c;
     const float *g = gate + blockIdx.y * (size_t)c, *dp = dpool + blockIdx.y * (size_t)c;
@@ -239,7 +251,7 @@ __global__ void se_dx_kernel(float *dx, const float *dy, const float *gate, cons
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < per_image;
          i += (size_t)gridDim.x * blockDim.x) {
         const int ch = (int)(i % c);
-        dx[base + i] += dy[base + i] * g[ch] + dp[ch];
+        cuda__st(dx, base + i, cuda__ld(dx, base + i) + (cuda__ld(dy, base + i) * g[ch] + dp[ch]));
     }
 }
 
@@ -248,42 +260,44 @@ __global__ void se_dx_kernel(float *dx, const float *dy, const float *gate, cons
  * first maximum (strict >, as maxpool_forward and the CPU's pool_window_max) is found again, and
  * dy is added if it is this cell. Overlapping windows (stride < kernel) need no atomics, and the
  * additions happen in the CPU's order. */
-__global__ void maxpool_backward_kernel(float *dx, const float *dy, const float *x, PoolShape s)
+template <typename T>
+__global__ void maxpool_backward_kernel(T *dx, const T *dy, const T *x, PoolShape s)
 {
     const size_t total = (size_t)s.n * s.h * s.w * s.c;
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total;
          i += (size_t)gridDim.x * blockDim.x) {
         const NhwcIndex p = cuda__nhwc(i, s.h, s.w, s.c);
-        const float *img = x + p.n * s.h * s.w * s.c + p.c;
-        const float *g = dy + p.n * s.oh * s.ow * s.c + p.c;
+        const T *img = x + p.n * s.h * s.w * s.c + p.c;
+        const T *g = dy + p.n * s.oh * s.ow * s.c + p.c;
         int oy0, oy1, ox0, ox1;
         pool_range(p.y, s.kh, s.stride, s.pad_top, s.oh, &oy0, &oy1);
         pool_range(p.x, s.kw, s.stride, s.pad_left, s.ow, &ox0, &ox1);
-        float acc = dx[i];
+        float acc = cuda__ld(dx, i);
         for (int oy = oy0; oy <= oy1; oy++) {
             for (int ox = ox0; ox <= ox1; ox++) {
                 float best = -INFINITY;
                 int by = -1, bx = -1; /* stays -1 where nothing beats -inf: no gradient, as the CPU */
                 cuda__window(oy, ox, s.h, s.w, s.kh, s.kw, s.stride, s.pad_top, s.pad_left,
                              [&](int iy, int ix, int) {
-                                 float v = img[((size_t)iy * s.w + ix) * s.c];
+                                 float v = cuda__ld(img, ((size_t)iy * s.w + ix) * s.c);
                                  if (v > best) {
                                      best = v;
                                      by = iy;
                                      bx = ix;
                                  }
                              });
-                if (by == p.y && bx == p.x) acc += g[((size_t)oy * s.ow + ox) * s.c];
+                if (by == p.y && bx == p.x) acc += cuda__ld(g, ((size_t)oy * s.ow + ox) * s.c);
             }
         }
-        dx[i] = acc;
+        cuda__st(dx, i, acc);
     }
 }
 
 /* One thread per input value sums dy over the output cells that copied it, oy outer and ox inner
  * as the CPU's gather adds them. */
-__global__ void upsample_nearest_backward_kernel(float *dx, const float *dy, int n, int h, int w,
-                                                 int c, int oh, int ow)
+template <typename T>
+__global__ void upsample_nearest_backward_kernel(T *dx, const T *dy, int n, int h, int w, int c,
+                                                 int oh, int ow)
 {
     const size_t total = (size_t)n * h * w * c;
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total;
@@ -292,31 +306,75 @@ __global__ void upsample_nearest_backward_kernel(float *dx, const float *dy, int
         int oy0, oy1, ox0, ox1;
         nearest_range(p.y, h, oh, &oy0, &oy1);
         nearest_range(p.x, w, ow, &ox0, &ox1);
-        const float *g = dy + p.n * oh * ow * c + p.c;
-        float acc = dx[i];
+        const T *g = dy + p.n * oh * ow * c + p.c;
+        float acc = cuda__ld(dx, i);
         for (int oy = oy0; oy < oy1; oy++)
-            for (int ox = ox0; ox < ox1; ox++) acc += g[((size_t)oy * ow + ox) * c];
-        dx[i] = acc;
+            for (int ox = ox0; ox < ox1; ox++) acc += cuda__ld(g, ((size_t)oy * ow + ox) * c);
+        cuda__st(dx, i, acc);
     }
 }
 
 /* ---- launchers ---------------------------------------------------------------------------------- */
 
+/* Each op checks its sizes, launches its kernels for the context's storage type T (the *_t
+ * functions, through CUDA_ACT_DISPATCH) and ends with CUDA_OP_END. */
+
+template <typename T>
+static void act_backward_t(OpsCtx *ctx, float *dx, const float *dy, const float *x, Act act,
+                           size_t count)
+{
+    act_backward_kernel<T><<<cuda__blocks(count), CUDA_BLOCK, 0, ctx->stream>>>(
+        cuda__as<T>(dx), cuda__as<T>(dy), cuda__as<T>(x), act, count);
+    CUDA_CHECK(cudaGetLastError());
+}
+
 void cuda__act_backward(OpsCtx *ctx, float *dx, const float *dy, const float *x, Act act,
                         size_t count)
 {
     if (!count) return;
-    act_backward_kernel<<<cuda__blocks(count), CUDA_BLOCK, 0, ctx->stream>>>(dx, dy, x, act, count);
-    CUDA_CHECK(cudaGetLastError());
+    CUDA_ACT_DISPATCH(ctx, act_backward_t, ctx, dx, dy, x, act, count);
     CUDA_OP_END(ctx);
+}
+
+template <typename T>
+static void accumulate_t(OpsCtx *ctx, float *dst, const float *src, size_t count)
+{
+    accumulate_kernel<T><<<cuda__blocks(count), CUDA_BLOCK, 0, ctx->stream>>>(
+        cuda__as<T>(dst), cuda__as<T>(src), count);
+    CUDA_CHECK(cudaGetLastError());
 }
 
 void cuda__accumulate(OpsCtx *ctx, float *dst, const float *src, size_t count)
 {
     if (!count) return;
-    accumulate_kernel<<<cuda__blocks(count), CUDA_BLOCK, 0, ctx->stream>>>(dst, src, count);
-    CUDA_CHECK(cudaGetLastError());
+    CUDA_ACT_DISPATCH(ctx, accumulate_t, ctx, dst, src, count);
     CUDA_OP_END(ctx);
+}
+
+template <typename T>
+static void fuse_backward_t(OpsCtx *ctx, float *const *dins, float *dw, const float *dy_f,
+                            const float *const *ins, const float *w, int k, size_t count)
+{
+    const T *dy = cuda__as<T>(dy_f);
+    FuseGrads<T> d = {{NULL, NULL, NULL, NULL}};
+    int any = 0;
+    for (int i = 0; i < k; i++) {
+        d.p[i] = cuda__as<T>(dins[i]);
+        any |= dins[i] != NULL;
+    }
+    if (any) {
+        fuse_backward_kernel<T><<<cuda__blocks(count), CUDA_BLOCK, 0, ctx->stream>>>(d, dy, w, k,
+                                                                                     count);
+        CUDA_CHECK(cudaGetLastError());
+    }
+    if (dw) {
+        FuseInputs<T> in = {{NULL, NULL, NULL, NULL}};
+        for (int i = 0; i < k; i++) in.p[i] = cuda__as<T>(ins[i]);
+        /* One deterministic sum per edge weight, each adding into its own dw[i]. */
+        for (int i = 0; i < k; i++)
+            cuda__sum(ctx, dw + i, 1, count,
+                      [=] __device__(size_t j) { return fuse_dw_term(in, dy, w, k, i, j); });
+    }
 }
 
 void cuda__fuse_backward(OpsCtx *ctx, float *const *dins, float *dw, const float *dy,
@@ -325,42 +383,23 @@ void cuda__fuse_backward(OpsCtx *ctx, float *const *dins, float *dw, const float
     ASSERT(k >= 1 && k <= 4);
     ASSERT(w || !dw);
     if (!count) return;
-    FuseGrads d = {{NULL, NULL, NULL, NULL}};
-    int any = 0;
-    for (int i = 0; i < k; i++) {
-        d.p[i] = dins[i];
-        any |= dins[i] != NULL;
-    }
-    if (any) {
-        fuse_backward_kernel<<<cuda__blocks(count), CUDA_BLOCK, 0, ctx->stream>>>(d, dy, w, k,
-                                                                                  count);
-        CUDA_CHECK(cudaGetLastError());
-    }
-    if (dw) {
-        FuseInputs in = {{NULL, NULL, NULL, NULL}};
-        for (int i = 0; i < k; i++) in.p[i] = ins[i];
-        /* One deterministic sum per edge weight, each adding into its own dw[i]. */
-        for (int i = 0; i < k; i++)
-            cuda__sum(ctx, dw + i, 1, count,
-                      [=] __device__(size_t j) { return fuse_dw_term(in, dy, w, k, i, j); });
-    }
+    CUDA_ACT_DISPATCH(ctx, fuse_backward_t, ctx, dins, dw, dy, ins, w, k, count);
     CUDA_OP_END(ctx);
 }
 
-void cuda__se_backward(OpsCtx *ctx, float *dx, float *dw_r, float *db_r, float *dw_e, float *db_e,
-                       const float *dy, const float *x, const float *pooled, const float *hidden,
-                       const float *gate, const float *w_r, const float *b_r, const float *w_e,
-                       int n, int hw, int c, int cr)
+template <typename T>
+static void se_backward_t(OpsCtx *ctx, float *dx, float *dw_r, float *db_r, float *dw_e,
+                          float *db_e, const float *dy, const float *x, const float *pooled,
+                          const float *hidden, const float *gate, const float *w_r,
+                          const float *b_r, const float *w_e, int n, int hw, int c, int cr)
 {
-    ASSERT((size_t)n <= CUDA_MAX_BLOCKS && cr > 0);
-    if (n <= 0 || hw <= 0 || c <= 0) return;
     /* Intermediates: da_e (N, C), da_r (N, Cr), dpool (N, C). */
     const size_t nc = (size_t)n * c, ncr = (size_t)n * cr;
     float *da_e = cuda__scratch(ctx, 2 * nc + ncr), *da_r = da_e + nc, *dpool = da_r + ncr;
 
     dim3 gate_grid((c + TILE_C - 1) / TILE_C, n);
-    se_gate_grad_kernel<<<gate_grid, dim3(TILE_C, SE_ROWS), 0, ctx->stream>>>(da_e, dy, x, gate,
-                                                                              hw, c);
+    se_gate_grad_kernel<T><<<gate_grid, dim3(TILE_C, SE_ROWS), 0, ctx->stream>>>(
+        da_e, cuda__as<T>(dy), cuda__as<T>(x), gate, hw, c);
     CUDA_CHECK(cudaGetLastError());
     se_expand_param_kernel<<<cuda__blocks((size_t)c * cr), CUDA_BLOCK, 0, ctx->stream>>>(
         dw_e, db_e, da_e, hidden, n, c, cr);
@@ -376,10 +415,31 @@ void cuda__se_backward(OpsCtx *ctx, float *dx, float *dw_r, float *db_r, float *
                                                                               hw, c, cr);
         CUDA_CHECK(cudaGetLastError());
         dim3 dx_grid(cuda__blocks((size_t)hw * c), n);
-        se_dx_kernel<<<dx_grid, CUDA_BLOCK, 0, ctx->stream>>>(dx, dy, gate, dpool, hw, c);
+        se_dx_kernel<T><<<dx_grid, CUDA_BLOCK, 0, ctx->stream>>>(cuda__as<T>(dx), cuda__as<T>(dy),
+                                                                 gate, dpool, hw, c);
         CUDA_CHECK(cudaGetLastError());
     }
+}
+
+void cuda__se_backward(OpsCtx *ctx, float *dx, float *dw_r, float *db_r, float *dw_e, float *db_e,
+                       const float *dy, const float *x, const float *pooled, const float *hidden,
+                       const float *gate, const float *w_r, const float *b_r, const float *w_e,
+                       int n, int hw, int c, int cr)
+{
+    ASSERT((size_t)n <= CUDA_MAX_BLOCKS && cr > 0);
+    if (n <= 0 || hw <= 0 || c <= 0) return;
+    CUDA_ACT_DISPATCH(ctx, se_backward_t, ctx, dx, dw_r, db_r, dw_e, db_e, dy, x, pooled, hidden,
+                      gate, w_r, b_r, w_e, n, hw, c, cr);
     CUDA_OP_END(ctx);
+}
+
+template <typename T>
+static void maxpool_backward_t(OpsCtx *ctx, float *dx, const float *dy, const float *x,
+                               const PoolShape *s, size_t total)
+{
+    maxpool_backward_kernel<T><<<cuda__blocks(total), CUDA_BLOCK, 0, ctx->stream>>>(
+        cuda__as<T>(dx), cuda__as<T>(dy), cuda__as<T>(x), *s);
+    CUDA_CHECK(cudaGetLastError());
 }
 
 void cuda__maxpool_backward(OpsCtx *ctx, float *dx, const float *dy, const float *x,
@@ -388,9 +448,17 @@ void cuda__maxpool_backward(OpsCtx *ctx, float *dx, const float *dy, const float
     ASSERT(s->stride > 0);
     size_t total = (size_t)s->n * s->h * s->w * s->c;
     if (!total) return;
-    maxpool_backward_kernel<<<cuda__blocks(total), CUDA_BLOCK, 0, ctx->stream>>>(dx, dy, x, *s);
-    CUDA_CHECK(cudaGetLastError());
+    CUDA_ACT_DISPATCH(ctx, maxpool_backward_t, ctx, dx, dy, x, s, total);
     CUDA_OP_END(ctx);
+}
+
+template <typename T>
+static void upsample_nearest_backward_t(OpsCtx *ctx, float *dx, const float *dy, int n, int h,
+                                        int w, int c, int oh, int ow, size_t total)
+{
+    upsample_nearest_backward_kernel<T><<<cuda__blocks(total), CUDA_BLOCK, 0, ctx->stream>>>(
+        cuda__as<T>(dx), cuda__as<T>(dy), n, h, w, c, oh, ow);
+    CUDA_CHECK(cudaGetLastError());
 }
 
 void cuda__upsample_nearest_backward(OpsCtx *ctx, float *dx, const float *dy, int n, int h, int w,
@@ -398,8 +466,6 @@ void cuda__upsample_nearest_backward(OpsCtx *ctx, float *dx, const float *dy, in
 {
     size_t total = (size_t)n * h * w * c;
     if (!total) return;
-    upsample_nearest_backward_kernel<<<cuda__blocks(total), CUDA_BLOCK, 0, ctx->stream>>>(
-        dx, dy, n, h, w, c, oh, ow);
-    CUDA_CHECK(cudaGetLastError());
+    CUDA_ACT_DISPATCH(ctx, upsample_nearest_backward_t, ctx, dx, dy, n, h, w, c, oh, ow, total);
     CUDA_OP_END(ctx);
 }

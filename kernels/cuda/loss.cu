@@ -17,7 +17,12 @@
  * term is divided before it is summed, since the sum lands directly in loss; the CPU divides its
  * double sum at the end instead, which differs by rounding only. The gradients dcls = d focal / dx
  * / norm and dbox = box_weight * clamp(e, -delta, delta) / (4 norm) are written (=, not +=) by
- * elementwise kernels that recompute the same terms, which costs less than storing them. */
+ * elementwise kernels that recompute the same terms, which costs less than storing them.
+ *
+ * Mixed precision: cls, box, dcls and dbox are of the context's storage type T (cuda_common.cuh);
+ * the targets, the losses and all the math are float. The gradients are multiplied by loss_scale
+ * (fp16 loss scaling) before they are rounded to T, so small gradients survive the rounding; the
+ * losses are not scaled. */
 #include "kernels/cuda/cuda_common.cuh"
 #include "kernels/cuda/reduce.cuh"
 
@@ -71,38 +76,84 @@ __device__ __forceinline__ float huber_term(float b, float t, float delta, float
     return 0.5f * quad * quad + delta * (ae - quad);
 }
 
-/* dcls (anchors, C) = d focal / d logit / norm; 0 for the channels of ignored anchors. */
-__global__ void focal_grad_kernel(float *dcls, const float *cls, const int32_t *cls_target,
-                                  size_t count, int classes, FocalParams fp)
+/* dcls (anchors, C) = loss_scale * d focal / d logit / norm; 0 for the channels of ignored
+ * anchors. */
+template <typename T>
+__global__ void focal_grad_kernel(T *dcls, const T *cls, const int32_t *cls_target, size_t count,
+                                  int classes, FocalParams fp, float loss_scale)
 {
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < count;
          i += (size_t)gridDim.x * blockDim.x) {
         const size_t a = i / classes;
         const int32_t t = cls_target[a];
         float dx = 0.0f;
-        if (t != TARGET_IGNORE) (void)focal_term(cls[i], (int)(i - a * classes) == t, fp, &dx);
-        dcls[i] = dx;
+        if (t != TARGET_IGNORE)
+            (void)focal_term(cuda__ld(cls, i), (int)(i - a * classes) == t, fp, &dx);
+        cuda__st(dcls, i, dx * loss_scale);
     }
 }
 
-/* dbox (anchors, 4) = grad_scale * clamp(box - target, -delta, delta); 0 where masked. */
-__global__ void huber_grad_kernel(float *dbox, const float *box, const float *box_target,
-                                  size_t count, float delta, float grad_scale)
+/* dbox (anchors, 4) = grad_scale * clamp(box - target, -delta, delta); 0 where masked. The
+ * caller folds loss_scale into grad_scale. */
+template <typename T>
+__global__ void huber_grad_kernel(T *dbox, const T *box, const float *box_target, size_t count,
+                                  float delta, float grad_scale)
 {
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < count;
          i += (size_t)gridDim.x * blockDim.x) {
         float db;
-        (void)huber_term(box[i], box_target[i], delta, grad_scale, &db);
-        dbox[i] = db;
+        (void)huber_term(cuda__ld(box, i), box_target[i], delta, grad_scale, &db);
+        cuda__st(dbox, i, db);
     }
 }
 
 /* ---- launchers ---------------------------------------------------------------------------------- */
 
+/* The sums and gradient kernels of one level for storage type T; see cuda__detection_loss. */
+template <typename T>
+static void detection_loss_t(OpsCtx *ctx, float *loss, float *dcls_f, float *dbox_f,
+                             const float *cls_f, const float *box_f, const int32_t *cls_target,
+                             const float *box_target, size_t n_anchors, int classes, float norm,
+                             const FocalParams &fp, float delta, float box_weight,
+                             float loss_scale)
+{
+    const T *cls = cuda__as<T>(cls_f), *box = cuda__as<T>(box_f);
+    const float box_grad_scale = box_weight / (4.0f * norm);
+    const float box_norm = 4.0f * norm;
+
+    const size_t n_cls = n_anchors * (size_t)classes, n_box = n_anchors * 4;
+    if (n_cls) {
+        cuda__sum(ctx, loss + 0, 1, n_cls, [=] __device__(size_t i) {
+            const size_t a = i / classes;
+            const int32_t t = cls_target[a];
+            if (t == TARGET_IGNORE) return 0.0f;
+            float unused;
+            return focal_term(cuda__ld(cls, i), (int)(i - a * classes) == t, fp, &unused) / norm;
+        });
+        if (dcls_f) {
+            focal_grad_kernel<T><<<cuda__blocks(n_cls), CUDA_BLOCK, 0, ctx->stream>>>(
+                cuda__as<T>(dcls_f), cls, cls_target, n_cls, classes, fp, loss_scale);
+            CUDA_CHECK(cudaGetLastError());
+        }
+    }
+    cuda__sum(ctx, loss + 1, 1, n_box, [=] __device__(size_t i) {
+        float unused;
+        return huber_term(cuda__ld(box, i), box_target[i], delta, box_grad_scale, &unused) /
+               box_norm;
+    });
+    if (dbox_f) {
+        /* box_grad_scale * 1 is box_grad_scale: without loss scaling nothing changes. */
+        huber_grad_kernel<T><<<cuda__blocks(n_box), CUDA_BLOCK, 0, ctx->stream>>>(
+            cuda__as<T>(dbox_f), box, box_target, n_box, delta, box_grad_scale * loss_scale);
+        CUDA_CHECK(cudaGetLastError());
+    }
+}
+
 void cuda__detection_loss(OpsCtx *ctx, float *loss, float *dcls, float *dbox, const float *cls,
                           const float *box, const int32_t *cls_target, const float *box_target,
                           size_t rows, int anchors, int classes, float norm, float alpha,
-                          float gamma, float delta, float box_weight, float label_smoothing)
+                          float gamma, float delta, float box_weight, float label_smoothing,
+                          float loss_scale)
 {
     const size_t n_anchors = rows * (size_t)anchors;
     if (!n_anchors) return;
@@ -117,32 +168,7 @@ void cuda__detection_loss(OpsCtx *ctx, float *loss, float *dcls, float *dbox, co
      * gamma > 1 (gamma < 1 has no finite one there; 0 keeps training finite), as the CPU. */
     fp.m_at_0 = gamma == 0.0f ? 1.0f : 0.0f;
     fp.dm_at_0 = gamma == 1.0f ? 1.0f : 0.0f;
-    const float box_grad_scale = box_weight / (4.0f * norm);
-    const float box_norm = 4.0f * norm;
-
-    const size_t n_cls = n_anchors * (size_t)classes, n_box = n_anchors * 4;
-    if (n_cls) {
-        cuda__sum(ctx, loss + 0, 1, n_cls, [=] __device__(size_t i) {
-            const size_t a = i / classes;
-            const int32_t t = cls_target[a];
-            if (t == TARGET_IGNORE) return 0.0f;
-            float unused;
-            return focal_term(cls[i], (int)(i - a * classes) == t, fp, &unused) / norm;
-        });
-        if (dcls) {
-            focal_grad_kernel<<<cuda__blocks(n_cls), CUDA_BLOCK, 0, ctx->stream>>>(
-                dcls, cls, cls_target, n_cls, classes, fp);
-            CUDA_CHECK(cudaGetLastError());
-        }
-    }
-    cuda__sum(ctx, loss + 1, 1, n_box, [=] __device__(size_t i) {
-        float unused;
-        return huber_term(box[i], box_target[i], delta, box_grad_scale, &unused) / box_norm;
-    });
-    if (dbox) {
-        huber_grad_kernel<<<cuda__blocks(n_box), CUDA_BLOCK, 0, ctx->stream>>>(
-            dbox, box, box_target, n_box, delta, box_grad_scale);
-        CUDA_CHECK(cudaGetLastError());
-    }
+    CUDA_ACT_DISPATCH(ctx, detection_loss_t, ctx, loss, dcls, dbox, cls, box, cls_target,
+                      box_target, n_anchors, classes, norm, fp, delta, box_weight, loss_scale);
     CUDA_OP_END(ctx);
 }

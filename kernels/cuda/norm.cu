@@ -1,6 +1,9 @@
 /* norm.cu: the CUDA backend's train-mode batch norm, forward and backward, and the backward of
- * inference batch norm, fp32 NHWC rows of C channels with the activation included. Each follows
- * its CPU reference (kernels/cpu/norm.c) expression for expression: the pre-activation is always
+ * inference batch norm, NHWC rows of C channels with the activation included. Activations (in,
+ * out, dy, dx) are of the context's storage type T (cuda_common.cuh), read and written through
+ * cuda__ld/cuda__st; statistics, parameters, their gradients and all the math are float. Each
+ * follows its CPU reference (kernels/cpu/norm.c) expression for expression: the pre-activation is
+ * always
  * x * scale + shift with scale = gamma * invstd and shift = beta - mean * scale (PyTorch's folded
  * form), so a backward recomputes exactly what the forward activated.
  *
@@ -50,31 +53,34 @@ static __device__ __forceinline__ float bn_dz(const BnCoef &k, float x, float dy
 }
 
 /* The terms of the two backward sums at row r, channel ch: dz (dbeta) and dz * xhat (dgamma). */
-static __device__ __forceinline__ float bn_dz_at(const BnParams &p, const float *x, const float *dy,
+template <typename T>
+static __device__ __forceinline__ float bn_dz_at(const BnParams &p, const T *x, const T *dy,
                                                  size_t r, int c, int ch)
 {
     const size_t i = r * c + ch;
-    return bn_dz(bn_coef(p, ch), x[i], dy[i], p.act);
+    return bn_dz(bn_coef(p, ch), cuda__ld(x, i), cuda__ld(dy, i), p.act);
 }
 
-static __device__ __forceinline__ float bn_dzxhat_at(const BnParams &p, const float *x,
-                                                     const float *dy, size_t r, int c, int ch)
+template <typename T>
+static __device__ __forceinline__ float bn_dzxhat_at(const BnParams &p, const T *x, const T *dy,
+                                                     size_t r, int c, int ch)
 {
     const size_t i = r * c + ch;
     const BnCoef k = bn_coef(p, ch);
-    const float xhat = (x[i] - k.mean) * k.invstd;
-    return bn_dz(k, x[i], dy[i], p.act) * xhat;
+    const float xi = cuda__ld(x, i);
+    const float xhat = (xi - k.mean) * k.invstd;
+    return bn_dz(k, xi, cuda__ld(dy, i), p.act) * xhat;
 }
 
 /* ---- kernels ------------------------------------------------------------------------------------ */
 
 /* mean (C): in, the sums of x - x[row 0]; out, the batch mean x[row 0] + sum / rows, formed in
  * double as the CPU forms its mean and rounded once. */
-__global__ void bn_mean_kernel(float *mean, const float *in, size_t rows, int c)
+template <typename T> __global__ void bn_mean_kernel(float *mean, const T *in, size_t rows, int c)
 {
     for (size_t ch = blockIdx.x * (size_t)blockDim.x + threadIdx.x; ch < (size_t)c;
          ch += (size_t)gridDim.x * blockDim.x)
-        mean[ch] = (float)((double)in[ch] + (double)mean[ch] / (double)rows);
+        mean[ch] = (float)((double)cuda__ld(in, ch) + (double)mean[ch] / (double)rows);
 }
 
 /* invstd (C): in, the sums of squared deviations; out, 1 / sqrt(var + eps) of the biased variance,
@@ -98,7 +104,8 @@ __global__ void bn_stats_kernel(float *invstd, const float *mean, float *running
 
 /* out = act(in * scale + shift). Block (TILE_C, TILE_R): threadIdx.x picks the channel, whose
  * coefficients are folded once per thread; the y dimension strides over rows. */
-__global__ void bn_apply_kernel(float *out, const float *in, BnParams p, size_t rows, int c)
+template <typename T>
+__global__ void bn_apply_kernel(T *out, const T *in, BnParams p, size_t rows, int c)
 {
     const int ch = blockIdx.x * TILE_C + threadIdx.x;
     if (ch >= c) return;
@@ -106,7 +113,7 @@ __global__ void bn_apply_kernel(float *out, const float *in, BnParams p, size_t 
     for (size_t r = blockIdx.y * (size_t)TILE_R + threadIdx.y; r < rows;
          r += (size_t)gridDim.y * TILE_R) {
         const size_t i = r * c + ch;
-        out[i] = cuda__act(in[i] * k.scale + k.shift, p.act);
+        cuda__st(out, i, cuda__act(cuda__ld(in, i) * k.scale + k.shift, p.act));
     }
 }
 
@@ -125,7 +132,8 @@ __global__ void bn_param_grad_kernel(float *dgamma, float *dbeta, const float *s
  * mode passes its sums (ka = mean of dz, kb = mean of dz * xhat, the gradient through the batch
  * statistics); inference passes sums == NULL, so ka = kb = 0 and dx += dz * scale. Same layout
  * as bn_apply_kernel. */
-__global__ void bn_backward_dx_kernel(float *dx, const float *dy, const float *in, BnParams p,
+template <typename T>
+__global__ void bn_backward_dx_kernel(T *dx, const T *dy, const T *in, BnParams p,
                                       const float *sums, size_t rows, int c)
 {
     const int ch = blockIdx.x * TILE_C + threadIdx.x;
@@ -139,10 +147,10 @@ __global__ void bn_backward_dx_kernel(float *dx, const float *dy, const float *i
     for (size_t r = blockIdx.y * (size_t)TILE_R + threadIdx.y; r < rows;
          r += (size_t)gridDim.y * TILE_R) {
         const size_t i = r * c + ch;
-        const float x = in[i];
-        const float dz = bn_dz(k, x, dy[i], p.act);
+        const float x = cuda__ld(in, i);
+        const float dz = bn_dz(k, x, cuda__ld(dy, i), p.act);
         const float xhat = (x - k.mean) * k.invstd;
-        dx[i] += k.scale * (dz - ka - xhat * kb);
+        cuda__st(dx, i, cuda__ld(dx, i) + k.scale * (dz - ka - xhat * kb));
     }
 }
 
@@ -153,6 +161,39 @@ static dim3 bn_grid(size_t rows, int c)
     return dim3((c + TILE_C - 1) / TILE_C, cuda__cap_blocks((rows + TILE_R - 1) / TILE_R));
 }
 
+/* Each op checks its sizes, launches its kernels for the context's storage type T (the *_t
+ * functions, through CUDA_ACT_DISPATCH) and ends with CUDA_OP_END. */
+
+template <typename T>
+static void bn_train_forward_t(OpsCtx *ctx, float *out, float *save_mean, float *save_invstd,
+                               float *running_mean, float *running_var, const float *in_f,
+                               const float *gamma, const float *beta, float eps, float momentum,
+                               Act act, size_t rows, int c)
+{
+    const T *x = cuda__as<T>(in_f);
+    /* Pass 1: the mean, from deviations from row 0 (see the file comment). */
+    cuda__colsum(ctx, save_mean, 0, rows, c, [=] __device__(size_t r, int ch) {
+        return cuda__ld(x, r * c + ch) - cuda__ld(x, ch);
+    });
+    bn_mean_kernel<T><<<cuda__blocks((size_t)c), CUDA_BLOCK, 0, ctx->stream>>>(save_mean, x, rows,
+                                                                               c);
+    CUDA_CHECK(cudaGetLastError());
+    /* Pass 2: squared deviations from that mean, summed into save_invstd until bn_stats_kernel
+     * turns them into invstd. */
+    const float *mean = save_mean;
+    cuda__colsum(ctx, save_invstd, 0, rows, c, [=] __device__(size_t r, int ch) {
+        const float d = cuda__ld(x, r * c + ch) - mean[ch];
+        return d * d;
+    });
+    bn_stats_kernel<<<cuda__blocks((size_t)c), CUDA_BLOCK, 0, ctx->stream>>>(
+        save_invstd, save_mean, running_mean, running_var, eps, momentum, rows, c);
+    CUDA_CHECK(cudaGetLastError());
+    const BnParams p = {gamma, beta, save_mean, save_invstd, NULL, eps, act};
+    bn_apply_kernel<T><<<bn_grid(rows, c), dim3(TILE_C, TILE_R), 0, ctx->stream>>>(
+        cuda__as<T>(out), x, p, rows, c);
+    CUDA_CHECK(cudaGetLastError());
+}
+
 void cuda__bn_train_forward(OpsCtx *ctx, float *out, float *save_mean, float *save_invstd,
                             float *running_mean, float *running_var, const float *in,
                             const float *gamma, const float *beta, float eps, float momentum,
@@ -160,37 +201,19 @@ void cuda__bn_train_forward(OpsCtx *ctx, float *out, float *save_mean, float *sa
 {
     ASSERT(rows >= 2); /* as the CPU: PyTorch refuses one value per channel in training too */
     if (c <= 0) return;
-    const float *x = in;
-    /* Pass 1: the mean, from deviations from row 0 (see the file comment). */
-    cuda__colsum(ctx, save_mean, 0, rows, c,
-                 [=] __device__(size_t r, int ch) { return x[r * c + ch] - x[ch]; });
-    bn_mean_kernel<<<cuda__blocks((size_t)c), CUDA_BLOCK, 0, ctx->stream>>>(save_mean, in, rows, c);
-    CUDA_CHECK(cudaGetLastError());
-    /* Pass 2: squared deviations from that mean, summed into save_invstd until bn_stats_kernel
-     * turns them into invstd. */
-    const float *mean = save_mean;
-    cuda__colsum(ctx, save_invstd, 0, rows, c, [=] __device__(size_t r, int ch) {
-        const float d = x[r * c + ch] - mean[ch];
-        return d * d;
-    });
-    bn_stats_kernel<<<cuda__blocks((size_t)c), CUDA_BLOCK, 0, ctx->stream>>>(
-        save_invstd, save_mean, running_mean, running_var, eps, momentum, rows, c);
-    CUDA_CHECK(cudaGetLastError());
-    const BnParams p = {gamma, beta, save_mean, save_invstd, NULL, eps, act};
-    bn_apply_kernel<<<bn_grid(rows, c), dim3(TILE_C, TILE_R), 0, ctx->stream>>>(out, in, p, rows,
-                                                                               c);
-    CUDA_CHECK(cudaGetLastError());
+    CUDA_ACT_DISPATCH(ctx, bn_train_forward_t, ctx, out, save_mean, save_invstd, running_mean,
+                      running_var, in, gamma, beta, eps, momentum, act, rows, c);
     CUDA_OP_END(ctx);
 }
 
-void cuda__bn_train_backward(OpsCtx *ctx, float *dx, float *dgamma, float *dbeta, const float *dy,
-                             const float *in, const float *gamma, const float *beta,
-                             const float *save_mean, const float *save_invstd, Act act,
-                             size_t rows, int c)
+template <typename T>
+static void bn_train_backward_t(OpsCtx *ctx, float *dx, float *dgamma, float *dbeta,
+                                const float *dy_f, const float *in_f, const float *gamma,
+                                const float *beta, const float *save_mean,
+                                const float *save_invstd, Act act, size_t rows, int c)
 {
-    if (!rows || c <= 0 || (!dx && !dgamma && !dbeta)) return;
     const BnParams p = {gamma, beta, save_mean, save_invstd, NULL, 0.0f, act};
-    const float *x = in;
+    const T *x = cuda__as<T>(in_f), *dy = cuda__as<T>(dy_f);
     /* Through the batch statistics: dx = gamma * invstd * (dz - mean(dz) - xhat * mean(dz xhat)).
      * The two sums are taken first (they are dbeta's and dgamma's too), then one elementwise
      * pass, so nothing cancels beyond what the CPU's formula cancels. */
@@ -205,21 +228,31 @@ void cuda__bn_train_backward(OpsCtx *ctx, float *dx, float *dgamma, float *dbeta
         CUDA_CHECK(cudaGetLastError());
     }
     if (dx) {
-        bn_backward_dx_kernel<<<bn_grid(rows, c), dim3(TILE_C, TILE_R), 0, ctx->stream>>>(
-            dx, dy, in, p, sums, rows, c);
+        bn_backward_dx_kernel<T><<<bn_grid(rows, c), dim3(TILE_C, TILE_R), 0, ctx->stream>>>(
+            cuda__as<T>(dx), dy, x, p, sums, rows, c);
         CUDA_CHECK(cudaGetLastError());
     }
+}
+
+void cuda__bn_train_backward(OpsCtx *ctx, float *dx, float *dgamma, float *dbeta, const float *dy,
+                             const float *in, const float *gamma, const float *beta,
+                             const float *save_mean, const float *save_invstd, Act act,
+                             size_t rows, int c)
+{
+    if (!rows || c <= 0 || (!dx && !dgamma && !dbeta)) return;
+    CUDA_ACT_DISPATCH(ctx, bn_train_backward_t, ctx, dx, dgamma, dbeta, dy, in, gamma, beta,
+                      save_mean, save_invstd, act, rows, c);
     CUDA_OP_END(ctx);
 }
 
-void cuda__bn_infer_backward(OpsCtx *ctx, float *dx, float *dgamma, float *dbeta, const float *dy,
-                             const float *in, const float *gamma, const float *beta,
-                             const float *mean, const float *var, float eps, Act act, size_t rows,
-                             int c)
+template <typename T>
+static void bn_infer_backward_t(OpsCtx *ctx, float *dx, float *dgamma, float *dbeta,
+                                const float *dy_f, const float *in_f, const float *gamma,
+                                const float *beta, const float *mean, const float *var, float eps,
+                                Act act, size_t rows, int c)
 {
-    if (!rows || c <= 0) return;
     const BnParams p = {gamma, beta, mean, NULL, var, eps, act};
-    const float *x = in;
+    const T *x = cuda__as<T>(in_f), *dy = cuda__as<T>(dy_f);
     /* Frozen statistics are constants: the parameter sums add straight into their outputs, and
      * dx = dz * scale needs no sum. */
     if (dbeta)
@@ -230,9 +263,19 @@ void cuda__bn_infer_backward(OpsCtx *ctx, float *dx, float *dgamma, float *dbeta
             return bn_dzxhat_at(p, x, dy, r, c, ch);
         });
     if (dx) {
-        bn_backward_dx_kernel<<<bn_grid(rows, c), dim3(TILE_C, TILE_R), 0, ctx->stream>>>(
-            dx, dy, in, p, NULL, rows, c);
+        bn_backward_dx_kernel<T><<<bn_grid(rows, c), dim3(TILE_C, TILE_R), 0, ctx->stream>>>(
+            cuda__as<T>(dx), dy, x, p, NULL, rows, c);
         CUDA_CHECK(cudaGetLastError());
     }
+}
+
+void cuda__bn_infer_backward(OpsCtx *ctx, float *dx, float *dgamma, float *dbeta, const float *dy,
+                             const float *in, const float *gamma, const float *beta,
+                             const float *mean, const float *var, float eps, Act act, size_t rows,
+                             int c)
+{
+    if (!rows || c <= 0) return;
+    CUDA_ACT_DISPATCH(ctx, bn_infer_backward_t, ctx, dx, dgamma, dbeta, dy, in, gamma, beta, mean,
+                      var, eps, act, rows, c);
     CUDA_OP_END(ctx);
 }

@@ -1,7 +1,8 @@
 /* ops_cuda.cu: the CUDA backend's context, memory and op table (kernels/ops.h).
  *
  * A context owns one non-blocking stream, the cuDNN and cuBLAS handles bound to it, and one
- * workspace. Everything a context does is ordered on its stream: allocation zeroes with
+ * workspace (and, under fp16/bf16 activations, precision.cu's weight copy, filter-gradient scratch
+ * and staging chunk). Everything a context does is ordered on its stream: allocation zeroes with
  * cudaMemsetAsync, uploads are cudaMemcpyAsync (the runtime stages pageable memory, so the caller
  * may reuse its buffer on return), downloads wait for the stream before returning.
  *
@@ -40,9 +41,12 @@ static int cuda_device_check(int device, Err *err)
 static void cuda_ctx_destroy(OpsCtx *ctx)
 {
     if (!ctx) return;
+    cuda__graph_ctx_free(ctx); /* first: the stream may still be capturing, which a wait refuses */
     /* Work may still be queued; nothing below may be released under it. */
     if (ctx->stream) CUDA_CHECK(cudaStreamSynchronize(ctx->stream));
     cuda__conv_ctx_free(ctx);
+    cuda__ctx_free_precision(ctx);
+    cuda__timer_free(ctx);
     if (ctx->cublas) CUBLAS_CHECK(cublasDestroy(ctx->cublas));
     if (ctx->workspace) CUDA_CHECK(cudaFree(ctx->workspace));
     if (ctx->reduce) CUDA_CHECK(cudaFree(ctx->reduce));
@@ -181,6 +185,8 @@ static const Ops cuda_ops = {
     .mem_upload = cuda_mem_upload,
     .mem_download = cuda_mem_download,
     .mem_zero = cuda_mem_zero,
+    .act_upload = cuda__act_upload, /* precision.cu; here, in the struct's order (C++ wants it) */
+    .act_download = cuda__act_download,
     .sync = cuda_sync,
     .conv2d_workspace_bytes = cuda__conv2d_workspace_bytes,
     .workspace_reserve = cuda_workspace_reserve,
@@ -209,9 +215,20 @@ static const Ops cuda_ops = {
     .sgd_update = cuda__sgd_update,
     .ema_update = cuda__ema_update,
     .set_tf32 = cuda_set_tf32,
+    .set_precision = cuda__set_precision,
+    .cast_params = cuda__cast_params,
+    .timer_reserve = cuda__timer_reserve,
+    .timer_mark = cuda__timer_mark,
+    .timer_elapsed_ms = cuda__timer_elapsed_ms,
+    .comm_open = CUDA__COMM_OPEN, /* comm_nccl.cu; before label_anchors: the struct's order */
     .label_anchors = cuda__label_anchors,
     .detect_workspace_bytes = cuda__detect_workspace_bytes,
     .detect = cuda__detect,
+    .graph_begin = cuda__graph_begin,
+    .graph_end = cuda__graph_end,
+    .graph_launch = cuda__graph_launch,
+    .host_register = cuda__host_register,
+    .host_unregister = cuda__host_unregister,
 };
 
 /* The entry point of libeffdet_cuda.so, found with dlsym by kernels/ops_cuda_loader.c. */

@@ -490,18 +490,26 @@ static void test_detection_loss(void **state)
     Backends *b = *state;
     REQUIRE_GPU_OP(b, detection_loss);
     /* Two pyramid levels per case, accumulated into one zeroed loss with one norm (positives of
-     * both levels + 1), as the model calls it. grads: bit 0 dcls passed, bit 1 dbox passed. */
+     * both levels + 1), as the model calls it. grads: bit 0 dcls passed, bit 1 dbox passed.
+     * scale: the loss scale (mixed precision's; the gradients are multiplied by it, the losses
+     * not), 1 but in the last two cases. */
     enum { LEVELS = 2 };
-    static const struct { int batch, size, anchors, classes; float ls; unsigned grads; } cases[] = {
-        {2, 24, 9, 90, 0.0f, 3}, {2, 24, 9, 90, 0.1f, 3}, {2, 24, 9, 90, 0.1f, 0},
-        {1, 7, 9, 5, 0.0f, 3},   {1, 7, 9, 5, 0.1f, 3},   /* small norm: gradients far above ATOL */
-        {3, 10, 3, 37, 0.1f, 1}, {3, 10, 3, 37, 0.0f, 2},
+    static const struct {
+        int batch, size, anchors, classes;
+        float ls;
+        unsigned grads;
+        float scale;
+    } cases[] = {
+        {2, 24, 9, 90, 0.0f, 3, 1.0f}, {2, 24, 9, 90, 0.1f, 3, 1.0f}, {2, 24, 9, 90, 0.1f, 0, 1.0f},
+        {1, 7, 9, 5, 0.0f, 3, 1.0f},   {1, 7, 9, 5, 0.1f, 3, 1.0f}, /* small norm */
+        {3, 10, 3, 37, 0.1f, 1, 1.0f}, {3, 10, 3, 37, 0.0f, 2, 1.0f},
+        {2, 24, 9, 90, 0.1f, 3, 1024.0f}, {1, 7, 9, 5, 0.0f, 3, 0.375f},
     };
     const float alpha = 0.25f, gamma = 1.5f, delta = 0.1f, box_weight = 50.0f;
     uint32_t seed = 27182;
     for (size_t t = 0; t < sizeof cases / sizeof cases[0]; t++) {
         const int A = cases[t].anchors, C = cases[t].classes;
-        const float ls = cases[t].ls;
+        const float ls = cases[t].ls, scale = cases[t].scale;
         const int with_dcls = cases[t].grads & 1, with_dbox = (cases[t].grads >> 1) & 1;
         size_t rows[LEVELS];
         Buf cls[LEVELS], box[LEVELS], tbox[LEVELS], dcls[LEVELS], dbox[LEVELS];
@@ -550,33 +558,37 @@ static void test_detection_loss(void **state)
             b->cpu->detection_loss(b->cctx, loss.cpu, with_dcls ? dcls[l].cpu : NULL,
                                    with_dbox ? dbox[l].cpu : NULL, cls[l].cpu, box[l].cpu,
                                    tcls[l].cpu, tbox[l].cpu, rows[l], A, C, norm, alpha, gamma,
-                                   delta, box_weight, ls);
+                                   delta, box_weight, ls, scale);
             b->gpu->detection_loss(b->gctx, loss.gpu, with_dcls ? dcls[l].gpu : NULL,
                                    with_dbox ? dbox[l].gpu : NULL, cls[l].gpu, box[l].gpu,
                                    tcls[l].gpu, tbox[l].gpu, rows[l], A, C, norm, alpha, gamma,
-                                   delta, box_weight, ls);
+                                   delta, box_weight, ls, scale);
         }
         char what[144];
         for (int l = 0; l < LEVELS; l++) {
             if (with_dcls) {
-                snprintf(what, sizeof what, "detection_loss rows %zu A %d C %d ls %g: dcls",
-                         rows[l], A, C, ls);
+                snprintf(what, sizeof what,
+                         "detection_loss rows %zu A %d C %d ls %g scale %g: dcls", rows[l], A, C,
+                         ls, scale);
                 expect_close(b, what, &dcls[l]);
             }
             if (with_dbox) {
-                snprintf(what, sizeof what, "detection_loss rows %zu A %d C %d ls %g: dbox",
-                         rows[l], A, C, ls);
+                snprintf(what, sizeof what,
+                         "detection_loss rows %zu A %d C %d ls %g scale %g: dbox", rows[l], A, C,
+                         ls, scale);
                 expect_close(b, what, &dbox[l]);
             }
         }
         /* Each loss on its own, so the smaller box loss is held to its own magnitude. */
         const Buf focal = {loss.host, loss.cpu, loss.gpu, 1};
         const Buf huber = {loss.host + 1, loss.cpu + 1, loss.gpu + 1, 1};
-        snprintf(what, sizeof what, "detection_loss %d levels A %d C %d ls %g%s%s: loss[0] focal",
-                 LEVELS, A, C, ls, with_dcls ? "" : " dcls NULL", with_dbox ? "" : " dbox NULL");
+        snprintf(what, sizeof what,
+                 "detection_loss %d levels A %d C %d ls %g scale %g%s%s: loss[0] focal", LEVELS, A,
+                 C, ls, scale, with_dcls ? "" : " dcls NULL", with_dbox ? "" : " dbox NULL");
         expect_close(b, what, &focal);
-        snprintf(what, sizeof what, "detection_loss %d levels A %d C %d ls %g%s%s: loss[1] huber",
-                 LEVELS, A, C, ls, with_dcls ? "" : " dcls NULL", with_dbox ? "" : " dbox NULL");
+        snprintf(what, sizeof what,
+                 "detection_loss %d levels A %d C %d ls %g scale %g%s%s: loss[1] huber", LEVELS, A,
+                 C, ls, scale, with_dcls ? "" : " dcls NULL", with_dbox ? "" : " dbox NULL");
         expect_close(b, what, &huber);
         for (int l = 0; l < LEVELS; l++) {
             buf_free(b, &cls[l]), buf_free(b, &box[l]), buf_free(b, &tbox[l]);

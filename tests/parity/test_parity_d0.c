@@ -49,7 +49,7 @@ static void test_head_outputs_and_detections(void **state)
 {
     ParityRun r;
     Err err;
-    if (parity_run(&r, fixture_dir, "cpu", &err) != 0) fail_msg("parity_run: %s", err.msg);
+    if (parity_run(&r, fixture_dir, "cpu", PREC_FP32, &err) != 0) fail_msg("parity_run: %s", err.msg);
     SafeTensors io;
     open_io(&io);
     const ModelConfig *c = &r.cfg;

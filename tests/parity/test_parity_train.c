@@ -30,7 +30,7 @@ static void test_train_parity(void **state)
 {
     ParityRun r;
     Err err;
-    if (parity_run(&r, fixture_dir, "cpu", &err) != 0) fail_msg("parity_run: %s", err.msg);
+    if (parity_run(&r, fixture_dir, "cpu", PREC_FP32, &err) != 0) fail_msg("parity_run: %s", err.msg);
     assert_true(r.has_train);
     SafeTensors ref;
     char path[1200];

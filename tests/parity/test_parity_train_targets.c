@@ -210,7 +210,7 @@ static void test_loss_matches_effdet(void **state)
 
         ops->detection_loss(ctx, loss, dcls, dbox, cls, box, f->cls_target + start,
                             f->box_target + 4 * start, rows, A, C, norm, ALPHA, GAMMA, DELTA,
-                            BOX_WEIGHT, 0.0f);
+                            BOX_WEIGHT, 0.0f, 1.0f);
         for (size_t r = 0; r < rows; r++) {
             for (int ch = 0; ch < A * C; ch++) dbias_cls[ch] += dcls[r * A * C + ch];
             for (int ch = 0; ch < A * 4; ch++) dbias_box[ch] += dbox[r * A * 4 + ch];

@@ -103,7 +103,7 @@ static double run_op(const Case *k, size_t r0, size_t rows, float *loss, float *
     size_t a0 = r0 * k->A;
     ops->detection_loss(NULL, loss, dcls, dbox, k->cls + a0 * k->C, k->box + a0 * 4,
                         k->cls_target + a0, k->box_target + a0 * 4, rows, k->A, k->C, k->norm,
-                        k->alpha, k->gamma, k->delta, k->box_weight, k->ls);
+                        k->alpha, k->gamma, k->delta, k->box_weight, k->ls, 1.0f);
     return loss[0] + (double)k->box_weight * loss[1];
 }
 
@@ -202,7 +202,7 @@ static void test_huber_branches(void **state)
     int32_t cls_target[2] = {-2, -2}; /* no class loss: only the box part is under test */
     float loss[2] = {0, 0};
     ops->detection_loss(NULL, loss, dcls, dbox, cls, box, cls_target, target, 2, 1, 1, 2.0f, 0.25f,
-                        1.5f, 0.1f, 50.0f, 0.0f);
+                        1.5f, 0.1f, 50.0f, 0.0f, 1.0f);
     double e0 = (double)(0.35f - 0.3f), e2 = (double)(-0.5f - -0.2f), e3 = (double)(0.5f - 0.05f);
     double want = (0.5 * e0 * e0 + 0.1 * (fabs(e2) - 0.05) + 0.1 * (e3 - 0.05)) / 8.0;
     double g = 50.0 / 8.0;
@@ -228,7 +228,7 @@ static void test_background_ignore_and_accumulate(void **state)
     float dcls[6], loss[2] = {1.0f, 2.0f};
     for (int i = 0; i < 6; i++) dcls[i] = NAN;
     ops->detection_loss(NULL, loss, dcls, dbox, cls, box, tgt, target, 1, 2, 3, 1.0f, 0.25f, 1.5f,
-                        0.1f, 50.0f, 0.0f);
+                        0.1f, 50.0f, 0.0f, 1.0f);
     double want = 0;
     for (int c = 0; c < 3; c++) want += ref_focal(cls[c], 0, 0.25, 1.5, 0.0);
     print_message("background: %.9g, reference %.9g (+1 already there)\n", loss[0] - 1.0, want);

@@ -15,9 +15,10 @@
 #include <cmocka.h>
 
 #include "shared/rng.h"
+#include "tests/support/train_batch.h"
 #include "worker/trainer.h"
 
-enum { B = 2, H = 64, W = 64, M = 3 };
+enum { B = TB_BATCH, H = TB_H, W = TB_W, M = TB_ROWS };
 
 static char dir[] = "/tmp/effdet_trainer_XXXXXX";
 
@@ -29,26 +30,6 @@ static int teardown(void **state)
     return system(cmd) == 0 ? 0 : -1;
 }
 
-typedef struct Batch {
-    float input[B * H * W * 3];
-    float boxes[B * M * 4];
-    int32_t classes[B * M];
-} Batch;
-
-/* A batch that depends only on (step): so a resumed run sees the same data. */
-static void make_batch(Batch *b, long step)
-{
-    Rng r;
-    rng_init(&r, 5, 77, (uint32_t)step);
-    for (size_t i = 0; i < sizeof b->input / sizeof b->input[0]; i++) b->input[i] = rng_normal(&r);
-    for (int i = 0; i < B * M; i++) {
-        float y = 4 + rng_uniform(&r) * 30, x = 4 + rng_uniform(&r) * 30;
-        float h = 8 + rng_uniform(&r) * 24, w = 8 + rng_uniform(&r) * 24;
-        b->boxes[4 * i + 0] = y, b->boxes[4 * i + 1] = x;
-        b->boxes[4 * i + 2] = y + h, b->boxes[4 * i + 3] = x + w;
-        b->classes[i] = i % M == 2 ? -1 : 1 + (int32_t)(rng_u32(&r) % 3); /* one padding row */
-    }
-}
 
 static void settings(TrainSettings *s)
 {
@@ -66,11 +47,11 @@ static void init(Trainer *t)
 
 static void run_steps(Trainer *t, long n)
 {
-    Batch *b = malloc(sizeof *b);
+    TrainBatch *b = malloc(sizeof *b);
     for (long i = 0; i < n; i++) {
         TrainStats st;
         Err err;
-        make_batch(b, t->step);
+        train_batch_make(b, t->step);
         if (trainer_step(t, b->input, b->boxes, b->classes, NULL, M, &st, &err) != 0)
             fail_msg("step %ld: %s", t->step, err.msg);
         assert_true(isfinite(st.loss) && st.loss > 0);

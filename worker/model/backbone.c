@@ -6,6 +6,7 @@
 #include <stdio.h>
 
 #include "worker/model/layers.h"
+#include "worker/model/profile.h"
 
 static SeP se_build(Model *m, const char *prefix, int c, int cr)
 {
@@ -57,12 +58,15 @@ static Act4 se_forward(Fwd *f, const SeP *se, Act4 x)
     Act4 gate = fwd_take(f, x.n, 1, 1, se->c);
     /* One op writes all four outputs: they must be alive together. */
     fwd_use(f, x), fwd_use(f, y), fwd_use(f, pooled), fwd_use(f, hidden), fwd_use(f, gate);
-    fwd_record(f, &(TapeOp){.kind = TAPE_SE, .out = y, .in = {x}, .n_in = 1,
-                            .saved = {pooled, hidden, gate}, .layer = se});
-    if (!f->dry)
-        f->ops->se_forward(f->ctx, y.p, pooled.p, hidden.p, gate.p, x.p, f->params + se->w_r,
-                           f->params + se->b_r, f->params + se->w_e, f->params + se->b_e, x.n,
-                           x.h * x.w, x.c, se->cr);
+    TapeOp op = {.kind = TAPE_SE, .out = y, .in = {x}, .n_in = 1, .saved = {pooled, hidden, gate},
+                 .layer = se};
+    fwd_record(f, &op);
+    if (f->dry) return y;
+    int pr = profile_op_begin(f->prof);
+    f->ops->se_forward(f->ctx, y.p, pooled.p, hidden.p, gate.p, x.p, f->params + se->w_r,
+                       f->params + se->b_r, f->params + se->w_e, f->params + se->b_e, x.n,
+                       x.h * x.w, x.c, se->cr);
+    profile_op_end(f->prof, pr, &op, 0);
     return y;
 }
 

@@ -9,6 +9,7 @@
 
 #include "shared/check.h"
 #include "worker/model/layers.h"
+#include "worker/model/profile.h"
 
 float *model_grad(const Model *m, Act4 a)
 {
@@ -75,6 +76,7 @@ static void op_backward(Model *m, const TapeOp *op)
     const Ops *o = m->ops;
     Act4 x = op->in[0];
     const float *dy = model_grad(m, op->out);
+    int pr = profile_op_begin(m->prof);
     switch (op->kind) {
     case TAPE_CONV:
     case TAPE_DWCONV: conv_backward(m, op); break;
@@ -110,6 +112,7 @@ static void op_backward(Model *m, const TapeOp *op)
         break;
     case TAPE_FUSE: fuse_backward(m, op); break;
     }
+    profile_op_end(m->prof, pr, op, 1);
 }
 
 void model_backward(Model *m)

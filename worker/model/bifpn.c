@@ -11,6 +11,7 @@
 
 #include "shared/check.h"
 #include "worker/model/layers.h"
+#include "worker/model/profile.h"
 
 static ResampleP resample_build(Model *m, const char *prefix, int cin)
 {
@@ -86,9 +87,12 @@ static Act4 fnode_forward(Fwd *f, const Model *m, const FnodeP *nd, const Act4 *
     TapeOp op = {.kind = TAPE_FUSE, .out = fused, .n_in = nd->cfg.n_inputs, .edge = nd->edge};
     for (int i = 0; i < nd->cfg.n_inputs; i++) op.in[i] = in[i];
     fwd_record(f, &op);
-    if (!f->dry)
+    if (!f->dry) {
+        int pr = profile_op_begin(f->prof);
         f->ops->fuse_forward(f->ctx, fused.p, ptrs, nd->edge == NO_PARAM ? NULL : f->params + nd->edge,
                              nd->cfg.n_inputs, act_count(fused));
+        profile_op_end(f->prof, pr, &op, 0);
+    }
     return fwd_sepconv(f, &nd->conv, ACT_NONE, fwd_act(f, ACT_SILU, fused));
 }
 

@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "shared/check.h"
+#include "worker/model/profile.h"
 
 Act4 fwd_take(Fwd *f, int n, int h, int w, int c)
 {
@@ -103,14 +104,17 @@ Act4 fwd_conv(Fwd *f, const ConvP *c, Act4 x)
         size_t ws = f->ops->conv2d_workspace_bytes(&s);
         if (ws > f->workspace) f->workspace = ws;
     }
-    fwd_record(f, &(TapeOp){.kind = c->depthwise ? TAPE_DWCONV : TAPE_CONV, .out = y, .in = {x},
-                            .n_in = 1, .layer = c});
+    TapeOp op = {.kind = c->depthwise ? TAPE_DWCONV : TAPE_CONV, .out = y, .in = {x}, .n_in = 1,
+                 .layer = c};
+    fwd_record(f, &op);
     if (f->dry) return y;
     const float *w = f->params + c->w, *b = c->b == NO_PARAM ? NULL : f->params + c->b;
+    int pr = profile_op_begin(f->prof);
     if (c->depthwise)
         f->ops->dwconv2d_forward(f->ctx, y.p, x.p, w, &s);
     else
         f->ops->conv2d_forward(f->ctx, y.p, x.p, w, b, &s);
+    profile_op_end(f->prof, pr, &op, 0);
     return y;
 }
 
@@ -123,24 +127,27 @@ Act4 fwd_bn(Fwd *f, const BnP *bn, Act act, Act4 x)
      * freezing (BnP.frozen, set by the trainer once the plan exists) never changes the plan; a
      * frozen layer leaves them unused and runs as in inference (model_backward checks the same
      * flag). */
+    TapeOp op = {.kind = TAPE_BN, .out = y, .in = {x}, .n_in = 1, .layer = bn, .act = act};
     if (f->train) {
         Act4 mean = fwd_take(f, 1, 1, 1, x.c), invstd = fwd_take(f, 1, 1, 1, x.c);
         fwd_use(f, x), fwd_use(f, y), fwd_use(f, mean), fwd_use(f, invstd);
-        fwd_record(f, &(TapeOp){.kind = TAPE_BN, .out = y, .in = {x}, .n_in = 1,
-                                .saved = {mean, invstd}, .layer = bn, .act = act});
-        if (!f->dry && !bn->frozen)
-            f->ops->bn_train_forward(f->ctx, y.p, mean.p, invstd.p, f->buffers + bn->mean,
-                                     f->buffers + bn->var, x.p, f->params + bn->gamma,
-                                     f->params + bn->beta, f->eps,
-                                     f->bn_momentum > 0 ? f->bn_momentum : bn->momentum, act, rows,
-                                     x.c);
+        op.saved[0] = mean, op.saved[1] = invstd;
+        fwd_record(f, &op);
     } else {
         fwd_use(f, x);
     }
-    if (!f->dry && (!f->train || bn->frozen))
+    if (f->dry) return y;
+    int pr = profile_op_begin(f->prof);
+    if (f->train && !bn->frozen)
+        f->ops->bn_train_forward(f->ctx, y.p, op.saved[0].p, op.saved[1].p, f->buffers + bn->mean,
+                                 f->buffers + bn->var, x.p, f->params + bn->gamma,
+                                 f->params + bn->beta, f->eps,
+                                 f->bn_momentum > 0 ? f->bn_momentum : bn->momentum, act, rows, x.c);
+    else
         f->ops->bn_infer_forward(f->ctx, y.p, x.p, f->params + bn->gamma, f->params + bn->beta,
                                  f->buffers + bn->mean, f->buffers + bn->var, f->eps, act,
                                  rows, x.c);
+    profile_op_end(f->prof, pr, &op, 0);
     return y;
 }
 
@@ -148,8 +155,12 @@ Act4 fwd_act(Fwd *f, Act act, Act4 x)
 {
     Act4 y = fwd_take(f, x.n, x.h, x.w, x.c);
     fwd_use(f, x);
-    fwd_record(f, &(TapeOp){.kind = TAPE_ACT, .out = y, .in = {x}, .n_in = 1, .act = act});
-    if (!f->dry) f->ops->act_forward(f->ctx, y.p, x.p, act, act_count(x));
+    TapeOp op = {.kind = TAPE_ACT, .out = y, .in = {x}, .n_in = 1, .act = act};
+    fwd_record(f, &op);
+    if (f->dry) return y;
+    int pr = profile_op_begin(f->prof);
+    f->ops->act_forward(f->ctx, y.p, x.p, act, act_count(x));
+    profile_op_end(f->prof, pr, &op, 0);
     return y;
 }
 
@@ -167,8 +178,12 @@ Act4 fwd_maxpool_same(Fwd *f, Act4 x, int oh, int ow)
     ASSERT(s.oh == oh && s.ow == ow);
     Act4 y = fwd_take(f, x.n, oh, ow, x.c);
     fwd_use(f, x);
-    fwd_record(f, &(TapeOp){.kind = TAPE_POOL, .out = y, .in = {x}, .n_in = 1});
-    if (!f->dry) f->ops->maxpool_forward(f->ctx, y.p, x.p, &s);
+    TapeOp op = {.kind = TAPE_POOL, .out = y, .in = {x}, .n_in = 1};
+    fwd_record(f, &op);
+    if (f->dry) return y;
+    int pr = profile_op_begin(f->prof);
+    f->ops->maxpool_forward(f->ctx, y.p, x.p, &s);
+    profile_op_end(f->prof, pr, &op, 0);
     return y;
 }
 
@@ -176,8 +191,12 @@ Act4 fwd_upsample(Fwd *f, Act4 x, int oh, int ow)
 {
     Act4 y = fwd_take(f, x.n, oh, ow, x.c);
     fwd_use(f, x);
-    fwd_record(f, &(TapeOp){.kind = TAPE_UPSAMPLE, .out = y, .in = {x}, .n_in = 1});
-    if (!f->dry) f->ops->upsample_nearest_forward(f->ctx, y.p, x.p, x.n, x.h, x.w, x.c, oh, ow);
+    TapeOp op = {.kind = TAPE_UPSAMPLE, .out = y, .in = {x}, .n_in = 1};
+    fwd_record(f, &op);
+    if (f->dry) return y;
+    int pr = profile_op_begin(f->prof);
+    f->ops->upsample_nearest_forward(f->ctx, y.p, x.p, x.n, x.h, x.w, x.c, oh, ow);
+    profile_op_end(f->prof, pr, &op, 0);
     return y;
 }
 
@@ -187,7 +206,11 @@ Act4 fwd_add(Fwd *f, Act4 a, Act4 b)
     Act4 y = fwd_take(f, a.n, a.h, a.w, a.c);
     fwd_use(f, a);
     fwd_use(f, b);
-    fwd_record(f, &(TapeOp){.kind = TAPE_ADD, .out = y, .in = {a, b}, .n_in = 2});
-    if (!f->dry) f->ops->add_forward(f->ctx, y.p, a.p, b.p, act_count(a));
+    TapeOp op = {.kind = TAPE_ADD, .out = y, .in = {a, b}, .n_in = 2};
+    fwd_record(f, &op);
+    if (f->dry) return y;
+    int pr = profile_op_begin(f->prof);
+    f->ops->add_forward(f->ctx, y.p, a.p, b.p, act_count(a));
+    profile_op_end(f->prof, pr, &op, 0);
     return y;
 }

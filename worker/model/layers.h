@@ -20,6 +20,7 @@ typedef struct Fwd {
     int dry;            /* planning pass: count bytes, run nothing */
     int train;          /* batch norm with batch statistics, and record the tape */
     float bn_momentum;  /* > 0: overrides the layers' running-stat momentum */
+    struct ModelProfile *prof; /* Model.prof: non-NULL times every op (profile.h) */
     TapeOp *tape;       /* dry run in train mode: the ops in forward order */
     int n_tape, tape_cap;
     char *arena;

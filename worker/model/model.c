@@ -59,6 +59,7 @@ static int upload_blocks(Model *m, const float *params, const float *buffers)
 {
     m->ops->mem_upload(m->ctx, m->params, params, m->table.n_params * sizeof(float));
     m->ops->mem_upload(m->ctx, m->buffers, buffers, m->table.n_buffers * sizeof(float));
+    model_weights_changed(m);
     m->ops->sync(m->ctx);
     return 0;
 }
@@ -80,6 +81,38 @@ int model_set_tf32(Model *m, int on, Err *err)
         return on ? err_set(err, "--tf32: the %s backend has no TF32 mode (it computes in fp32)", m->ops->name) : 0;
     m->ops->set_tf32(m->ctx, on);
     return 0;
+}
+
+/* The rounded copy is allocated here, once, so that refreshing it later cannot fail. */
+int model_set_precision(Model *m, Precision p, Err *err)
+{
+    if (p == m->precision) return 0;
+    if (!m->ops->set_precision)
+        return err_set(err, "--amp %s: the %s backend has no mixed precision", precision_name(p),
+                       m->ops->name);
+    if (m->arena) return err_set(err, "--amp: the precision must be set before the model is planned");
+    if (m->ops->set_precision(m->ctx, p, err) != 0) return -1;
+    m->precision = p;
+    return m->ops->cast_params(m->ctx, m->params, m->table.n_params, err);
+}
+
+void model_weights_changed(Model *m)
+{
+    if (m->precision == PREC_FP32) return;
+    Err err;
+    /* The copy was allocated by model_set_precision, so this cannot fail. */
+    int rc = m->ops->cast_params(m->ctx, m->params, m->table.n_params, &err);
+    ASSERT(rc == 0);
+}
+
+void model_upload_input(Model *m, const float *host)
+{
+    m->ops->act_upload(m->ctx, m->input.p, host, act_count(m->input));
+}
+
+void model_download(const Model *m, float *host, Act4 a)
+{
+    m->ops->act_download(m->ctx, host, a.p, act_count(a));
 }
 
 void model_set_weights(Model *m, const float *params, const float *buffers)
@@ -123,7 +156,7 @@ static Fwd fwd_begin(Model *m, int dry)
 {
     Fwd f = {.ops = m->ops, .ctx = m->ctx, .params = m->params, .buffers = m->buffers,
              .eps = m->cfg.bn_eps, .dry = dry, .train = m->train, .bn_momentum = m->bn_momentum,
-             .arena = m->arena,
+             .arena = m->arena, .prof = m->prof,
              .offset = m->act_offset};
     return f;
 }

@@ -124,7 +124,9 @@ typedef struct Model {
     size_t arena_bytes;
     int reuse;                    /* inference plan: activations share memory when their lives don't overlap */
     int train;                    /* training plan: batch-statistics BN, tape, gradient arena */
+    Precision precision;          /* of the activations (model_set_precision) */
     float bn_momentum;            /* > 0: overrides every BN's running-stat momentum (--bn-momentum) */
+    struct ModelProfile *prof;    /* non-NULL: every op is timed (profile.h, effdet bench --profile) */
     TapeOp *tape;
     int n_tape;
     char *grad_arena;             /* training: d loss / d activation, same offsets as the arena */
@@ -145,6 +147,15 @@ void model_free(Model *m); /* idempotent */
 /* --tf32: lets the backend's convolutions and GEMMs use TF32 (about 1e-3 relative instead of
  * fp32's 1e-6). Fails, naming the backend, where it has no such mode (the CPU). */
 int model_set_tf32(Model *m, int on, Err *err);
+/* --amp: activations and their gradients in fp16 or bf16 (kernels/ops.h, mixed precision), fp32
+ * weights. Before model_plan; fails, naming the backend, where it cannot store that type. */
+int model_set_precision(Model *m, Precision p, Err *err);
+/* After the weights change on the backend (an optimizer step): refreshes the convolutions'
+ * low-precision copy of them (nothing in fp32). model_set_weights and the loads call it. */
+void model_weights_changed(Model *m);
+/* Host fp32 data into the network input, and head outputs back (converted under --amp). */
+void model_upload_input(Model *m, const float *host);
+void model_download(const Model *m, float *host, Act4 a);
 int model_load_weights(Model *m, const char *path, Err *err);
 int model_init_random(Model *m, unsigned long long seed, Err *err);
 /* Uploads host blocks in our layouts (e.g. a trainer's EMA weights for evaluation). */
