@@ -50,7 +50,8 @@ extern "C" {
         if ((ctx)->sync_check) CUDA_CHECK(cudaStreamSynchronize((ctx)->stream));                 \
     } while (0)
 
-typedef struct ConvPlan ConvPlan; /* conv_cudnn.cu: cuDNN descriptors + algorithm for one shape */
+typedef struct ConvPlan ConvPlan;
+enum { CUDA_BN_SYNC_MAX_C = 8192 }; /* channels of a synchronized BN layer (D7x's widest: 3840) */ /* conv_cudnn.cu: cuDNN descriptors + algorithm for one shape */
 
 struct OpsCtx {
     int device;             /* the GPU this context was created on */
@@ -66,6 +67,11 @@ struct OpsCtx {
     float *scratch;         /* an op's small intermediates between its kernels (cuda__scratch) */
     size_t scratch_floats;
     int tf32;               /* set_tf32: convolutions and GEMMs may use TF32 tensor cores */
+    /* Data-parallel batch norm (set_bn_sync, norm.cu): the callback and a host buffer for the
+     * per-channel sums it carries (up to two sums per channel, and their float staging). */
+    BnSync bn_sync;
+    int has_bn_sync;
+    double bn_host[3 * CUDA_BN_SYNC_MAX_C];
     Precision prec;         /* set_precision: the storage type of activations (precision.cu) */
     void *param_copy;       /* cast_params: the parameter block in prec's type (param_count) */
     const float *param_base; /* the fp32 block it mirrors; conv weights map into it */
@@ -270,6 +276,7 @@ void cuda__bn_train_backward(OpsCtx *ctx, float *dx, float *dgamma, float *dbeta
                              const float *in, const float *gamma, const float *beta,
                              const float *save_mean, const float *save_invstd, Act act,
                              size_t rows, int c);
+void cuda__set_bn_sync(OpsCtx *ctx, const BnSync *sync);
 void cuda__bn_infer_backward(OpsCtx *ctx, float *dx, float *dgamma, float *dbeta, const float *dy,
                              const float *in, const float *gamma, const float *beta,
                              const float *mean, const float *var, float eps, Act act, size_t rows,

@@ -14,7 +14,15 @@
  * first value, so a mean far larger than the spread does not cost the mean its precision.
  *
  * Train backward keeps its two per-channel sums (2C floats) between the reductions and the dx
- * kernel in cuda__scratch: no output can hold them (dgamma and dbeta accumulate). */
+ * kernel in cuda__scratch: no output can hold them (dgamma and dbeta accumulate).
+ *
+ * Data parallel (set_bn_sync, kernels/ops.h): the forward's two sums and the backward's pair are
+ * summed over the ranks through the host, as the CPU does: downloaded (the stream waits), given
+ * to the callback as doubles, uploaded; the divisions then count every rank's rows. The mean
+ * pass's shifted sums are turned back into plain sums in double first (the ranks' first rows
+ * differ). dgamma and dbeta take this rank's sums before they are replaced, as the contract says.
+ * Each synchronized layer costs three host round trips per step: correct first; NCCL on the
+ * device sums (comm_nccl.cu) is the faster form, once measured. */
 #include "kernels/cuda/reduce.cuh"
 
 enum { TILE_C = 32, TILE_R = 8 };
@@ -130,19 +138,19 @@ __global__ void bn_param_grad_kernel(float *dgamma, float *dbeta, const float *s
 
 /* dx += g * (dz - ka - xhat * kb) with g = gamma * invstd (= scale): the CPU's bn_tile_dx. Train
  * mode passes its sums (ka = mean of dz, kb = mean of dz * xhat, the gradient through the batch
- * statistics); inference passes sums == NULL, so ka = kb = 0 and dx += dz * scale. Same layout
- * as bn_apply_kernel. */
+ * statistics, over `total` rows: this rank's, or every rank's when synchronized); inference
+ * passes sums == NULL, so ka = kb = 0 and dx += dz * scale. Same layout as bn_apply_kernel. */
 template <typename T>
 __global__ void bn_backward_dx_kernel(T *dx, const T *dy, const T *in, BnParams p,
-                                      const float *sums, size_t rows, int c)
+                                      const float *sums, size_t rows, double total, int c)
 {
     const int ch = blockIdx.x * TILE_C + threadIdx.x;
     if (ch >= c) return;
     const BnCoef k = bn_coef(p, ch);
     float ka = 0.0f, kb = 0.0f;
     if (sums) {
-        ka = (float)((double)sums[ch] / (double)rows);
-        kb = (float)((double)sums[c + ch] / (double)rows);
+        ka = (float)((double)sums[ch] / total);
+        kb = (float)((double)sums[c + ch] / total);
     }
     for (size_t r = blockIdx.y * (size_t)TILE_R + threadIdx.y; r < rows;
          r += (size_t)gridDim.y * TILE_R) {
@@ -152,6 +160,73 @@ __global__ void bn_backward_dx_kernel(T *dx, const T *dy, const T *in, BnParams 
         const float xhat = (x - k.mean) * k.invstd;
         cuda__st(dx, i, cuda__ld(dx, i) + k.scale * (dz - ka - xhat * kb));
     }
+}
+
+/* sum (C, double) = the plain sums of in (rows, C) from pass 1's sums of x - x[row 0]. */
+template <typename T>
+__global__ void bn_unshift_kernel(double *sum, const float *shifted, const T *in, size_t rows, int c)
+{
+    for (size_t ch = blockIdx.x * (size_t)blockDim.x + threadIdx.x; ch < (size_t)c;
+         ch += (size_t)gridDim.x * blockDim.x)
+        sum[ch] = (double)shifted[ch] + (double)rows * (double)cuda__ld(in, ch);
+}
+
+/* ---- data parallel (set_bn_sync) ---------------------------------------------------------------- */
+
+void cuda__set_bn_sync(OpsCtx *ctx, const BnSync *sync)
+{
+    ctx->has_bn_sync = sync != NULL;
+    if (sync) ctx->bn_sync = *sync;
+}
+
+/* Rows of every rank in a synchronized layer's statistics. */
+static double bn_total(const OpsCtx *ctx, size_t rows)
+{
+    return (double)rows * (ctx->has_bn_sync ? ctx->bn_sync.world : 1);
+}
+
+/* The ranks' sum of ctx->bn_host[0, n) in place. A failed allreduce is the trainer's to report
+ * (its callback keeps the error and the step fails on every rank); the values are then unused. */
+static void bn_host_allreduce(OpsCtx *ctx, size_t n)
+{
+    (void)ctx->bn_sync.allreduce(ctx->bn_sync.arg, ctx->bn_host, n);
+}
+
+/* n device floats summed over the ranks, in place, through ctx->bn_host (doubles at [0, n), the
+ * float staging after them). An upload from pageable memory returns once the driver has staged
+ * it, so the buffer may be reused at once. */
+static void bn_sync_floats(OpsCtx *ctx, float *dev, size_t n)
+{
+    ASSERT(n <= 2 * (size_t)CUDA_BN_SYNC_MAX_C);
+    float *f = (float *)(ctx->bn_host + n);
+    CUDA_CHECK(cudaMemcpyAsync(f, dev, n * sizeof(float), cudaMemcpyDeviceToHost, ctx->stream));
+    CUDA_CHECK(cudaStreamSynchronize(ctx->stream));
+    for (size_t i = 0; i < n; i++) ctx->bn_host[i] = f[i];
+    bn_host_allreduce(ctx, n);
+    for (size_t i = 0; i < n; i++) f[i] = (float)ctx->bn_host[i];
+    CUDA_CHECK(cudaMemcpyAsync(dev, f, n * sizeof(float), cudaMemcpyHostToDevice, ctx->stream));
+}
+
+/* The global batch mean into mean (C, device), which holds this rank's pass-1 sums of
+ * x - x[row 0]: plain sums in double on the device, summed over the ranks, divided by every
+ * rank's rows and rounded once, as the CPU forms its mean. */
+template <typename T>
+static void bn_sync_mean(OpsCtx *ctx, float *mean, const T *x, size_t rows, int c)
+{
+    ASSERT(c <= CUDA_BN_SYNC_MAX_C);
+    double *sum = (double *)cuda__scratch(ctx, 2 * (size_t)c);
+    bn_unshift_kernel<T><<<cuda__blocks((size_t)c), CUDA_BLOCK, 0, ctx->stream>>>(sum, mean, x,
+                                                                                  rows, c);
+    CUDA_CHECK(cudaGetLastError());
+    CUDA_CHECK(cudaMemcpyAsync(ctx->bn_host, sum, (size_t)c * sizeof(double),
+                               cudaMemcpyDeviceToHost, ctx->stream));
+    CUDA_CHECK(cudaStreamSynchronize(ctx->stream));
+    bn_host_allreduce(ctx, (size_t)c);
+    float *f = (float *)(ctx->bn_host + c);
+    const double total = bn_total(ctx, rows);
+    for (int ch = 0; ch < c; ch++) f[ch] = (float)(ctx->bn_host[ch] / total);
+    CUDA_CHECK(cudaMemcpyAsync(mean, f, (size_t)c * sizeof(float), cudaMemcpyHostToDevice,
+                               ctx->stream));
 }
 
 /* ---- launchers ---------------------------------------------------------------------------------- */
@@ -175,9 +250,13 @@ static void bn_train_forward_t(OpsCtx *ctx, float *out, float *save_mean, float 
     cuda__colsum(ctx, save_mean, 0, rows, c, [=] __device__(size_t r, int ch) {
         return cuda__ld(x, r * c + ch) - cuda__ld(x, ch);
     });
-    bn_mean_kernel<T><<<cuda__blocks((size_t)c), CUDA_BLOCK, 0, ctx->stream>>>(save_mean, x, rows,
-                                                                               c);
-    CUDA_CHECK(cudaGetLastError());
+    if (ctx->has_bn_sync) {
+        bn_sync_mean<T>(ctx, save_mean, x, rows, c);
+    } else {
+        bn_mean_kernel<T><<<cuda__blocks((size_t)c), CUDA_BLOCK, 0, ctx->stream>>>(save_mean, x,
+                                                                                   rows, c);
+        CUDA_CHECK(cudaGetLastError());
+    }
     /* Pass 2: squared deviations from that mean, summed into save_invstd until bn_stats_kernel
      * turns them into invstd. */
     const float *mean = save_mean;
@@ -185,8 +264,11 @@ static void bn_train_forward_t(OpsCtx *ctx, float *out, float *save_mean, float 
         const float d = cuda__ld(x, r * c + ch) - mean[ch];
         return d * d;
     });
+    if (ctx->has_bn_sync) bn_sync_floats(ctx, save_invstd, (size_t)c);
+    /* The variance's count (and the running variance's unbiasing) is every rank's rows. */
     bn_stats_kernel<<<cuda__blocks((size_t)c), CUDA_BLOCK, 0, ctx->stream>>>(
-        save_invstd, save_mean, running_mean, running_var, eps, momentum, rows, c);
+        save_invstd, save_mean, running_mean, running_var, eps, momentum,
+        (size_t)bn_total(ctx, rows), c);
     CUDA_CHECK(cudaGetLastError());
     const BnParams p = {gamma, beta, save_mean, save_invstd, NULL, eps, act};
     bn_apply_kernel<T><<<bn_grid(rows, c), dim3(TILE_C, TILE_R), 0, ctx->stream>>>(
@@ -222,14 +304,15 @@ static void bn_train_backward_t(OpsCtx *ctx, float *dx, float *dgamma, float *db
                  [=] __device__(size_t r, int ch) { return bn_dz_at(p, x, dy, r, c, ch); });
     cuda__colsum(ctx, sums + c, 0, rows, c,
                  [=] __device__(size_t r, int ch) { return bn_dzxhat_at(p, x, dy, r, c, ch); });
-    if (dgamma || dbeta) {
+    if (dgamma || dbeta) { /* this rank's sums (the gradient block is summed later) */
         bn_param_grad_kernel<<<cuda__blocks((size_t)c), CUDA_BLOCK, 0, ctx->stream>>>(dgamma, dbeta,
                                                                                       sums, c);
         CUDA_CHECK(cudaGetLastError());
     }
+    if (ctx->has_bn_sync) bn_sync_floats(ctx, sums, 2 * (size_t)c);
     if (dx) {
         bn_backward_dx_kernel<T><<<bn_grid(rows, c), dim3(TILE_C, TILE_R), 0, ctx->stream>>>(
-            cuda__as<T>(dx), dy, x, p, sums, rows, c);
+            cuda__as<T>(dx), dy, x, p, sums, rows, bn_total(ctx, rows), c);
         CUDA_CHECK(cudaGetLastError());
     }
 }
@@ -264,7 +347,7 @@ static void bn_infer_backward_t(OpsCtx *ctx, float *dx, float *dgamma, float *db
         });
     if (dx) {
         bn_backward_dx_kernel<T><<<bn_grid(rows, c), dim3(TILE_C, TILE_R), 0, ctx->stream>>>(
-            cuda__as<T>(dx), dy, x, p, NULL, rows, c);
+            cuda__as<T>(dx), dy, x, p, NULL, rows, (double)rows, c);
         CUDA_CHECK(cudaGetLastError());
     }
 }

@@ -220,6 +220,7 @@ static const Ops cuda_ops = {
     .timer_reserve = cuda__timer_reserve,
     .timer_mark = cuda__timer_mark,
     .timer_elapsed_ms = cuda__timer_elapsed_ms,
+    .set_bn_sync = cuda__set_bn_sync,
     .comm_open = CUDA__COMM_OPEN, /* comm_nccl.cu; before label_anchors: the struct's order */
     .label_anchors = cuda__label_anchors,
     .detect_workspace_bytes = cuda__detect_workspace_bytes,
