@@ -31,11 +31,6 @@ void pool_shape_same(PoolShape *s, int n, int h, int w, int c, int k, int stride
     same_padding(w, k, stride, &s->ow, &s->pad_left);
 }
 
-const char *precision_name(Precision p)
-{
-    return p == PREC_FP16 ? "fp16" : p == PREC_BF16 ? "bf16" : "fp32";
-}
-
 int precision_parse(const char *s, Precision *p, Err *err)
 {
     if (!strcmp(s, "fp16")) *p = PREC_FP16;

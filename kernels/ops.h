@@ -324,9 +324,18 @@ typedef struct Ops {
 const Ops *ops_cpu(void);
 const Ops *ops_cuda(Err *err);
 
-/* "fp32", "fp16", "bf16", and back (the --amp-dtype spelling); parse fails with one line. */
-const char *precision_name(Precision p);
+/* "fp32", "fp16", "bf16" (the --amp-dtype spelling; inline, so the CUDA library has it too). */
+static inline const char *precision_name(Precision p)
+{
+    return p == PREC_FP16 ? "fp16" : p == PREC_BF16 ? "bf16" : "fp32";
+}
+/* --amp-dtype's value to a Precision; fails with one line. */
 int precision_parse(const char *s, Precision *p, Err *err);
+/* --amp: fp16, unless an --amp-dtype before it chose already. */
+static inline void precision_amp_flag(Precision *p)
+{
+    if (*p == PREC_FP32) *p = PREC_FP16;
+}
 
 /* Picks a backend from a --device string: "cpu", "cuda" or "cuda:N". */
 const Ops *ops_for_device(const char *device, int *device_index, Err *err);

@@ -95,7 +95,7 @@ static int parse(int argc, char **argv, BenchArgs *a, Err *err)
         case 'w': if (cli_parse_int("--warmup", optarg, 0, 1000000, &a->warmup, err)) return -1; break;
         case 'j': a->json = 1; break;
         case 'T': a->tf32 = 1; break;
-        case O_AMP: if (a->precision == PREC_FP32) a->precision = PREC_FP16; break;
+        case O_AMP: precision_amp_flag(&a->precision); break;
         case O_AMP_DTYPE: if (precision_parse(optarg, &a->precision, err)) return -1; break;
         case O_PROFILE: a->profile = 1; break;
         default:
@@ -117,8 +117,6 @@ static const char *precision_label(const BenchArgs *a)
     return a->precision != PREC_FP32 ? precision_name(a->precision) : a->tf32 ? "tf32" : "fp32";
 }
 
-static int act_bytes(Precision p) { return p == PREC_FP32 ? 4 : 2; }
-
 /* Peak resident memory of the process so far, in MB. */
 static double peak_rss_mb(void)
 {
@@ -130,11 +128,10 @@ static double peak_rss_mb(void)
  * its duration. The stream is drained first so the iteration starts on an idle backend. */
 typedef int (*BenchIter)(void *arg, Err *err);
 
-static int profile_iteration(Model *m, Precision prec, BenchIter iter, void *arg, ProfSummary *s,
-                             Err *err)
+static int profile_iteration(Model *m, BenchIter iter, void *arg, ProfSummary *s, Err *err)
 {
     ModelProfile p;
-    if (profile_init(&p, m, act_bytes(prec), err) != 0) return -1;
+    if (profile_init(&p, m, err) != 0) return -1;
     m->ops->sync(m->ctx);
     profile_reset(&p);
     m->prof = &p;
@@ -218,7 +215,7 @@ static int run_train(const BenchArgs *a, BenchResult *res, Err *err)
         res->skipped = b.skipped;
     }
     if (rc == 0 && a->profile) {
-        rc = profile_iteration(&b.t.model, a->precision, train_iter, &b, &res->prof, err);
+        rc = profile_iteration(&b.t.model, train_iter, &b, &res->prof, err);
         res->profiled = rc == 0;
     }
     free(b.input), free(b.boxes), free(b.classes);
@@ -310,7 +307,7 @@ static int run_infer(const BenchArgs *a, BenchResult *res, Err *err)
         /* A graph replay runs none of the model's code, so no hook, and timer marks cannot go
          * into a recording: dropping the graph makes the next detector_infer run eagerly. */
         detector_drop_graph(&p->detector);
-        rc = profile_iteration(&p->model, a->precision, infer_iter, b, &res->prof, err);
+        rc = profile_iteration(&p->model, infer_iter, b, &res->prof, err);
         res->profiled = rc == 0;
     }
     infer_pipeline_free(p);

@@ -87,7 +87,7 @@ static int parse(int argc, char **argv, DataBenchArgs *a, Err *err)
         case 'M': a->model = optarg; break;
         case 'd': a->device = optarg; break;
         case 'n': a->step = 0; break;
-        case 'P': if (a->precision == PREC_FP32) a->precision = PREC_FP16; break;
+        case 'P': precision_amp_flag(&a->precision); break;
         case 'Q': if (precision_parse(optarg, &a->precision, err)) return -1; break;
         case 'c':
             if (strcmp(optarg, "train") && strcmp(optarg, "none"))

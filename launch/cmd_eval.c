@@ -152,7 +152,7 @@ int cmd_eval(int argc, char **argv)
         case 'D': job.o.device = optarg; break;
         case 'b': if (cli_parse_int("--batch-size", optarg, 1, 4096, &v, &err)) return cli_fail("eval", &err); job.o.batch = (int)v; break;
         case 'o': job.out = optarg; break;
-        case 'P': if (job.o.precision == PREC_FP32) job.o.precision = PREC_FP16; break;
+        case 'P': precision_amp_flag(&job.o.precision); break;
         case 'Q': if (precision_parse(optarg, &job.o.precision, &err)) return cli_fail("eval", &err); break;
         default:
             fprintf(stderr, "effdet eval: bad option %s (usage: %s)\n", argv[optind - 1], USAGE);

@@ -113,7 +113,7 @@ static int parse(int argc, char **argv, InferArgs *a, Err *err)
         case 'A': a->ann = optarg; break;
         case 'I': a->images_dir = optarg; break;
         case 'M': a->metrics = optarg; break;
-        case 'P': if (a->o.precision == PREC_FP32) a->o.precision = PREC_FP16; break;
+        case 'P': precision_amp_flag(&a->o.precision); break;
         case 'Q': if (precision_parse(optarg, &a->o.precision, err)) return -1; break;
         default: return err_set(err, "unknown option (usage: %s)", USAGE);
         }

@@ -43,12 +43,9 @@ static int report_tensor(const SafeTensors *ref, const char *name, const float *
     if (!buf) return 1;
     memcpy(buf, t->data, n * sizeof(float));
     int bad = judge(name, parity_rel_err(ours, buf, n), amp_bound);
-    if (amp_bound > 0) { /* the average error too: 2-byte rounding noise is spread, not a spike */
-        double d2 = 0, r2 = 0;
-        for (size_t i = 0; i < n; i++)
-            d2 += ((double)ours[i] - buf[i]) * ((double)ours[i] - buf[i]), r2 += (double)buf[i] * buf[i];
-        printf("  %-14s rms|ours-ref|/rms|ref| = %.3e  (information)\n", "", r2 > 0 ? sqrt(d2 / r2) : sqrt(d2));
-    }
+    if (amp_bound > 0) /* the average error too: 2-byte rounding noise is spread, not a spike */
+        printf("  %-14s rms|ours-ref|/rms|ref| = %.3e  (information)\n", "",
+               parity_rms_rel_err(ours, buf, n));
     free(buf);
     return bad;
 }
@@ -147,7 +144,7 @@ int cmd_parity(int argc, char **argv)
         else if (opt == 'd')
             device = optarg;
         else if (opt == 'a')
-            prec = prec == PREC_FP32 ? PREC_FP16 : prec;
+            precision_amp_flag(&prec);
         else if (opt == 't') {
             if (precision_parse(optarg, &prec, &err) != 0) return cli_fail("parity", &err);
         } else

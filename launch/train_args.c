@@ -2,7 +2,6 @@
 #include "launch/train_args.h"
 
 #include <getopt.h>
-#include <math.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -126,7 +125,7 @@ int train_args_parse(int argc, char **argv, TrainArgs *a, int worker, Err *err)
         case 'L': if (cli_parse_int("--log-interval", optarg, 1, 1000000, &a->log_interval, err)) return -1; break;
         case 'd': a->device = optarg; break;
         case O_TF32: a->tf32 = 1; break;
-        case O_AMP: if (a->precision == PREC_FP32) a->precision = PREC_FP16; break;
+        case O_AMP: precision_amp_flag(&a->precision); break;
         case O_AMP_DTYPE: if (precision_parse(optarg, &a->precision, err)) return -1; break;
         case O_LOSS_SCALE: if (cli_parse_float("--loss-scale", optarg, 0x1p-24, 0x1p100, &a->loss_scale, err)) return -1; break;
         case 'Z': if (cli_parse_float("--smoothing", optarg, 0, 1, &a->smoothing, err)) return -1; break;
@@ -171,9 +170,7 @@ int train_args_parse(int argc, char **argv, TrainArgs *a, int worker, Err *err)
     else memcpy(a->val_ann_buf, a->ann_buf, sizeof a->ann_buf);
     if (a->sync_bn && a->n_devices < 2)
         return err_set(err, "--sync-bn needs at least two --devices");
-    int exp;
-    if (frexp(a->loss_scale, &exp) != 0.5) /* so that unscaling is exact (worker/trainer.h) */
-        return err_set(err, "--loss-scale %g: expected a power of two (1, 2, ..., 65536, ...)", a->loss_scale);
+    if (trainer_check_loss_scale(a->loss_scale, err) != 0) return -1;
     if (worker && a->world > 1 && !a->comm) return err_set(err, "a worker of %ld needs --comm", a->world);
     if (worker && (!a->connect || !a->coord)) return err_set(err, "a worker needs --connect and --coord");
     return 0;

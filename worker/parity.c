@@ -219,6 +219,16 @@ double parity_rel_err(const float *ours, const float *ref, size_t n)
     return max_ref > 0 ? max_diff / max_ref : max_diff;
 }
 
+double parity_rms_rel_err(const float *ours, const float *ref, size_t n)
+{
+    double d2 = 0, r2 = 0;
+    for (size_t i = 0; i < n; i++) {
+        double d = (double)ours[i] - ref[i];
+        d2 += d * d, r2 += (double)ref[i] * ref[i];
+    }
+    return r2 > 0 ? sqrt(d2 / r2) : sqrt(d2);
+}
+
 static int row_is_empty(const float *r)
 {
     for (int i = 0; i < 6; i++)

@@ -55,6 +55,8 @@ int parity_write(const ParityRun *r, const char *path, Err *err);
 
 /* max|ours - ref| / max|ref| over n values (0 when both are all zero). */
 double parity_rel_err(const float *ours, const float *ref, size_t n);
+/* rms(ours - ref) / rms(ref): the average error, where 2-byte rounding noise is spread out. */
+double parity_rms_rel_err(const float *ours, const float *ref, size_t n);
 
 /* The bound a tensor of a parity run must meet against the reference, by its name, on every
  * backend: head outputs (class_out.*, box_out.*) and the losses 1e-4 (max|ours - ref| / max|ref|,

@@ -320,12 +320,17 @@ static int is_power_of_two(double v)
     return isfinite(v) && v > 0 && frexp(v, &e) == 0.5;
 }
 
+int trainer_check_loss_scale(double scale, Err *err)
+{
+    if (!is_power_of_two(scale))
+        return err_set(err, "--loss-scale %g: expected a power of two (1, 2, ..., 65536, ...)", scale);
+    return 0;
+}
+
 static int check_loss_scale(const TrainSettings *s, Err *err)
 {
     if (s->precision != PREC_FP16) return 0;
-    if (!is_power_of_two(s->loss_scale_init))
-        return err_set(err, "--loss-scale %g: expected a power of two (1, 2, ..., 65536, ...)",
-                       s->loss_scale_init);
+    if (trainer_check_loss_scale(s->loss_scale_init, err) != 0) return -1;
     if (s->loss_scale_interval < 1)
         return err_set(err, "--loss-scale-interval %ld: expected at least 1", s->loss_scale_interval);
     return 0;

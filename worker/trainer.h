@@ -151,6 +151,10 @@ int trainer_loss_and_grads(Trainer *t, const float *input, const float *boxes,
                            const int32_t *classes, const uint8_t *crowd, int max_boxes,
                            TrainStats *st, Err *err);
 
+/* A starting loss scale must be a positive power of two, so that unscaling is exact; fails with
+ * the --loss-scale line. (trainer_init checks it; the command checks it before reading data.) */
+int trainer_check_loss_scale(double scale, Err *err);
+
 /* Learning rate at a step, and the EMA decay after n updates. */
 double trainer_lr_at(const TrainSettings *s, long step);
 double trainer_ema_decay_at(const TrainSettings *s, long n);

@@ -198,10 +198,6 @@ static cudnnDataType_t conv_dtype(const OpsCtx *ctx)
                                     : CUDNN_DATA_FLOAT;
 }
 
-static const char *conv_dtype_name(const OpsCtx *ctx)
-{
-    return ctx->prec == PREC_FP16 ? "fp16" : ctx->prec == PREC_BF16 ? "bf16" : "fp32";
-}
 
 /* Points p's descriptors at shape s. Creating a descriptor allocates host memory, which happens
  * once per slot during warm-up; later plans for a reused slot only set the existing ones. */
@@ -341,7 +337,7 @@ static void plan_choose(OpsCtx *ctx, ConvPlan *p, ConvDir dir, size_t avail)
     fprintf(stderr,
             "%s:%d: conv2d: cuDNN offers no %s %s algorithm for in (%d,%d,%d,%d) k %dx%d stride "
             "%d out (%d,%d,%d,%d) within %zu workspace bytes\n",
-            __FILE__, __LINE__, conv_dtype_name(ctx), conv_dir_names[dir], s->n, s->h, s->w, s->cin,
+            __FILE__, __LINE__, precision_name(ctx->prec), conv_dir_names[dir], s->n, s->h, s->w, s->cin,
             s->kh, s->kw,
             s->stride, s->n, s->oh, s->ow, s->cout, avail);
     exit(EXIT_FAILURE);
@@ -464,7 +460,7 @@ static const void *conv_weights(const OpsCtx *ctx, const float *w, const ConvSha
         fprintf(stderr,
                 "%s:%d: conv2d under %s: the weights (%zu values at %p) are not inside the "
                 "parameter block given to cast_params (%zu values at %p)\n",
-                __FILE__, __LINE__, conv_dtype_name(ctx), count, (const void *)w, ctx->param_count,
+                __FILE__, __LINE__, precision_name(ctx->prec), count, (const void *)w, ctx->param_count,
                 (const void *)ctx->param_base);
         exit(EXIT_FAILURE);
     }

@@ -18,11 +18,6 @@
  * the copy, small enough to keep on every context that runs in fp16 or bf16. */
 static const size_t ACT_STAGE_FLOATS = (size_t)1 << 22;
 
-static const char *prec_name(Precision p)
-{
-    return p == PREC_FP16 ? "fp16" : p == PREC_BF16 ? "bf16" : "fp32";
-}
-
 /* ---- kernels ------------------------------------------------------------------------------------ */
 
 template <typename T> __global__ void prec_to_kernel(T *dst, const float *src, size_t count)
@@ -104,7 +99,7 @@ int cuda__set_precision(OpsCtx *ctx, Precision p, Err *err)
             return err_set(err,
                            "cuda backend: %s activations need a GPU of compute capability 8.0 or "
                            "later; cuda:%d is %d.%d",
-                           prec_name(p), ctx->device, major, minor);
+                           precision_name(p), ctx->device, major, minor);
         if (!ctx->act_stage) {
             void *stage = NULL;
             rc = cudaMalloc(&stage, ACT_STAGE_FLOATS * sizeof(float));
@@ -136,7 +131,7 @@ int cuda__cast_params(OpsCtx *ctx, const float *params, size_t count, Err *err)
         if (rc != cudaSuccess) {
             char what[128];
             snprintf(what, sizeof what, "cannot allocate the %s weight copy (%zu bytes) on cuda:%d",
-                     prec_name(ctx->prec), bytes, ctx->device);
+                     precision_name(ctx->prec), bytes, ctx->device);
             return prec_fail(err, rc, what);
         }
         rc = cudaMalloc(&scratch, bytes);
@@ -144,7 +139,7 @@ int cuda__cast_params(OpsCtx *ctx, const float *params, size_t count, Err *err)
             char what[128];
             snprintf(what, sizeof what,
                      "cannot allocate the %s weight-gradient scratch (%zu bytes) on cuda:%d",
-                     prec_name(ctx->prec), bytes, ctx->device);
+                     precision_name(ctx->prec), bytes, ctx->device);
             prec_fail(err, rc, what);
             CUDA_CHECK(cudaFree(copy));
             return -1;

@@ -13,25 +13,15 @@ set -u
 BIN=${EFFDET_BIN:?EFFDET_BIN must point at build/bin}
 TOOLS=$(dirname "$BIN")/tests/tools
 T=$(mktemp -d)
-export TMPDIR=$T/tmp EFFDET_LOG=warn OMP_NUM_THREADS=1
-unset XDG_RUNTIME_DIR
-mkdir -p "$TMPDIR"
-trap 'pkill -9 -f "$T/" 2>/dev/null; rm -rf "$T"' EXIT
+export OMP_NUM_THREADS=1
 source "$(dirname "$0")/lib/common.bash"
+source "$(dirname "$0")/lib/cases.bash" # TMPDIR, cleanup at exit, leftovers
 
 "$BIN/effdet" synth --out "$T/d" --images 8 --seed 5 --size 160x128 --classes 3 >/dev/null || bad "synth"
 ARGS=(--data "$T/d" --model tf_efficientdet_d0 --image-size 128x128 --epochs 3 --lr 0.2
       --warmup-epochs 0 --log-interval 1 --loaders 2 --augmenters 2 --keep 5)
 DP=(--devices cpu,cpu --batch-size 2 --sync-bn)
-procs() { pgrep -f "effdet.*$T/" | wc -l; }
-shm_mine() { ls /dev/shm 2>/dev/null | grep -c '^effdet-'; }
-shm0=$(shm_mine)
-leftovers() {
-  sleep 0.3
-  check "$1: no child process left" "[ \$(procs) -eq 0 ]"
-  check "$1: no shared-memory segment left" "[ \$(shm_mine) -le $shm0 ]"
-  check "$1: no run directory or socket left" "[ -z \"\$(ls -A '$TMPDIR')\" ]"
-}
+CHILDREN="effdet.*$T/"
 train() { local out=$1; shift; "$BIN/effdet" train "${ARGS[@]}" --output "$T/$out" "$@" >"$T/$out.log" 2>&1; }
 
 # ---- one worker, then two workers of half the batch -------------------------------------------------
@@ -54,14 +44,14 @@ done
 train nosync --devices cpu,cpu --batch-size 2 || bad "two workers without sync BN"
 d=$("$TOOLS/st_diff" "$T/one/checkpoint-2.safetensors" "$T/nosync/checkpoint-2.safetensors" backbone | awk '{print $5}')
 check "without --sync-bn the workers' BN statistics differ from one worker's ($d)" "awk 'BEGIN{exit !($d > 2e-3)}'"
-leftovers "data parallel"
+leftovers "data parallel" child "$CHILDREN"
 
 # ---- faults: a loader, an augmenter, the evaluator and a worker killed with -9 ----------------------------
 train faults "${DP[@]}" --fault loader1@1,aug0@2,evaluator@3,worker1@5 || bad "fault run: $(tail -3 "$T/faults.log")"
 check "the fault run restarted the killed processes" "grep -q '^done: 6 steps, 1 worker restart, 3 stage restarts, 3 epochs with exact sample counts' '$T/faults.log'"
 for e in 1 2 3; do check "fault run: mAP of epoch $e" "grep -q '^eval epoch $e step' '$T/faults.log'"; done
 check "fault run: final weights equal the uninterrupted run's" "cmp -s '$T/two/checkpoint-6.safetensors' '$T/faults/checkpoint-6.safetensors'"
-leftovers "faults"
+leftovers "faults" child "$CHILDREN"
 
 # ---- SIGINT, then --resume ---------------------------------------------------------------------------
 "$BIN/effdet" train "${ARGS[@]}" "${DP[@]}" --output "$T/int" >"$T/int.log" 2>&1 &
@@ -71,15 +61,15 @@ kill -INT $pid; wait $pid; rc=$?
 check "SIGINT exits 130" "[ $rc -eq 130 ]"
 stopped=$(ls "$T/int" | sed -n 's/^checkpoint-\([0-9]*\)\.safetensors$/\1/p' | sort -n | tail -1)
 check "SIGINT wrote a checkpoint (step $stopped)" "[ -n '$stopped' ] && [ '$stopped' -ge 2 ] && [ '$stopped' -lt 6 ]"
-leftovers "SIGINT"
+leftovers "SIGINT" child "$CHILDREN"
 train int "${DP[@]}" --resume "$T/int" || bad "resume: $(tail -3 "$T/int.log")"
 check "--resume continues at step $stopped" "grep -q 'step $((stopped + 1))/6' '$T/int.log' && ! grep -q 'step $stopped/6' '$T/int.log'"
 check "the resumed run ends identical to the uninterrupted one" "cmp -s '$T/two/checkpoint-6.safetensors' '$T/int/checkpoint-6.safetensors'"
-leftovers "resume"
+leftovers "resume" child "$CHILDREN"
 
 # ---- bad input ------------------------------------------------------------------------------------------
 expect_error "--sync-bn with one device" "--sync-bn" "$BIN/effdet" train "${ARGS[@]}" --sync-bn --output "$T/x"
 expect_error "--fault naming no process" "--fault" "$BIN/effdet" train "${ARGS[@]}" --fault nobody@1 --output "$T/x"
-leftovers "bad input"
+leftovers "bad input" child "$CHILDREN"
 echo "coordinator_cli: $fails failed"
 [ "$fails" -eq 0 ]

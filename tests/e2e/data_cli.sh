@@ -18,21 +18,7 @@ BIN=${EFFDET_BIN:-$(cd "$(dirname "$0")/../.." && pwd)/build/bin}
 MKJPEG="$BIN/../tests/tools/mkjpeg"
 T=$(mktemp -d)
 source "$(dirname "$0")/lib/common.bash"
-export TMPDIR="$T/tmp" # effdet batches makes its run directory here; must be empty after each case
-unset XDG_RUNTIME_DIR
-mkdir -p "$TMPDIR"
-export EFFDET_LOG=warn # the processes' info lines off: stderr holds errors and warnings only
-
-# Every process of the test has $T in its command line (paths, endpoints): at exit, whatever is
-# left of them is stopped by pid.
-cleanup() {
-  local p
-  for p in $(pgrep -f -- "$T"); do kill -TERM "$p" 2>/dev/null; done
-  sleep 0.3
-  for p in $(pgrep -f -- "$T"); do kill -KILL "$p" 2>/dev/null; done
-  rm -rf "$T"
-}
-trap cleanup EXIT
+source "$(dirname "$0")/lib/cases.bash" # TMPDIR, cleanup at exit, run_case
 
 # Lines of a file, 0 when it is missing.
 nlines() { if [ -f "$1" ]; then wc -l <"$1"; else echo 0; fi; }
@@ -74,36 +60,6 @@ stop_ok() {
 kill9() {
   kill -KILL "$1" 2>/dev/null
   { wait "$1"; } 2>/dev/null
-}
-
-# ---- case bracket: the checks of 7 after every case --------------------------------------------
-shm_list() { ls /dev/shm 2>/dev/null | grep '^effdet-' | sort; }
-run_case() {
-  local name=$1 t0=$SECONDS; shift
-  echo "== $name"
-  shm_list >"$T/shm_before"
-  "$@"
-  local procs p f pid left=""
-  procs=$(pgrep -f -- "$T" | tr '\n' ' ')
-  if [ -n "$procs" ]; then
-    bad "$name: processes left: $(for p in $procs; do tr '\0' ' ' </proc/"$p"/cmdline 2>/dev/null | cut -c1-80; echo; done)"
-    for p in $procs; do kill -KILL "$p" 2>/dev/null; done
-    sleep 0.2
-  fi
-  # Segments made during the case whose process is gone: leftovers (live ones belong to others).
-  for f in $(shm_list | comm -13 "$T/shm_before" -); do
-    pid=$(echo "$f" | sed -nE 's/^effdet-([0-9]+)-.*/\1/p')
-    [ -n "$pid" ] && ! kill -0 "$pid" 2>/dev/null && left="$left $f"
-  done
-  if [ -n "$left" ]; then
-    bad "$name: shared memory left in /dev/shm:$left"
-    for f in $left; do rm -f "/dev/shm/$f"; done
-  fi
-  if [ -n "$(ls -A "$TMPDIR")" ]; then
-    bad "$name: left in \$TMPDIR: $(ls -A "$TMPDIR" | tr '\n' ' ')"
-    rm -rf "${TMPDIR:?}"/*
-  fi
-  [ -z "$procs$left" ] && ok "$name: no process, segment or run directory left ($((SECONDS - t0)) s)"
 }
 
 # ---- helpers for batch lines "EPOCH BATCH HASH N_VALID INDEX:VALID ..." -----------------------

@@ -5,11 +5,8 @@
 set -u
 BIN=${EFFDET_BIN:?EFFDET_BIN must point at build/bin}
 T=$(mktemp -d)
-export TMPDIR=$T/tmp EFFDET_LOG=warn
-unset XDG_RUNTIME_DIR
-mkdir -p "$TMPDIR"
-trap 'pkill -9 -f "$T/" 2>/dev/null; rm -rf "$T"' EXIT
 source "$(dirname "$0")/lib/common.bash"
+source "$(dirname "$0")/lib/cases.bash" # TMPDIR, cleanup at exit, leftovers
 
 "$BIN/effdet" demo --out "$T/demo" --epochs 2 --device cpu >"$T/demo.log" 2>&1 || bad "demo: $(tail -3 "$T/demo.log")"
 check "demo: an evaluation line" "grep -q '^eval epoch 2 step 2: mAP' '$T/demo.log'"
@@ -18,8 +15,6 @@ check "demo: TensorBoard events" "ls '$T/demo/run/tensorboard/'events.out.tfeven
 check "demo: results.json" "[ -s '$T/demo/results.json' ]"
 check "demo: 16 drawn images" "[ \$(ls '$T/demo/drawn' | wc -l) -eq 16 ]"
 check "demo: the closing line" "grep -q '^effdet demo: done' '$T/demo.log'"
-sleep 0.3
-check "demo: no process left" "[ \$(pgrep -f \"effdet.*$T/\" | wc -l) -eq 0 ]"
-check "demo: no run directory left" "[ -z \"\$(ls -A '$TMPDIR')\" ]"
+leftovers "demo" "" "effdet.*$T/"
 echo "demo_cli: $fails failed"
 [ "$fails" -eq 0 ]

@@ -10,25 +10,15 @@
 set -u
 BIN=${EFFDET_BIN:?EFFDET_BIN must point at build/bin}
 T=$(mktemp -d)
-export TMPDIR=$T/tmp EFFDET_LOG=warn
-unset XDG_RUNTIME_DIR
-mkdir -p "$TMPDIR"
-trap 'pkill -9 -f "$T/" 2>/dev/null; pkill -9 -f effdet-loader.*"$T" 2>/dev/null; rm -rf "$T"' EXIT
 source "$(dirname "$0")/lib/common.bash"
+source "$(dirname "$0")/lib/cases.bash" # TMPDIR, cleanup at exit, leftovers
 
 "$BIN/effdet" synth --out "$T/d" --images 8 --seed 5 --size 64x64 --classes 3 >/dev/null || bad "synth"
 ARGS=(--data "$T/d" --model tf_efficientdet_d0 --image-size 64x64 --batch-size 4 --lr 0.2
       --warmup-epochs 1 --log-interval 100 --eval-interval 1000 --loaders 1 --augmenters 2)
 train() { "$BIN/effdet" train "${ARGS[@]}" "$@"; }
-stages() { pgrep -f "effdet-(loader|augment).*$T/" | wc -l; }
-shm_mine() { ls /dev/shm 2>/dev/null | grep -c '^effdet-' ; }
-shm0=$(shm_mine)
-leftovers() {
-  sleep 0.3
-  check "$1: no stage process left" "[ \$(stages) -eq 0 ]"
-  check "$1: no shared-memory segment left" "[ \$(shm_mine) -le $shm0 ]"
-  check "$1: no run directory left" "[ -z \"\$(ls -A '$TMPDIR')\" ]"
-}
+STAGES="effdet-(loader|augment).*$T/"
+stages() { pgrep -f "$STAGES" | wc -l; }
 
 # ---- exact resume after SIGKILL --------------------------------------------------------------------
 train --epochs 4 --output "$T/straight" >"$T/straight.log" 2>&1 || bad "straight run: $(tail -2 "$T/straight.log")"
@@ -47,7 +37,7 @@ check "resume after SIGKILL equals the straight run bit for bit (step 8 checkpoi
 "$BIN/effdet" train "${ARGS[@]:0:${#ARGS[@]}-4}" --epochs 4 --output "$T/inproc" >/dev/null 2>&1
 check "the stages' batches are effdet's train transform, not the single-process letterbox" \
   "[ -e '$T/inproc/checkpoint-8.safetensors' ] && ! cmp -s '$T/straight/checkpoint-8.safetensors' '$T/inproc/checkpoint-8.safetensors'"
-leftovers "resume"
+leftovers "resume" stage "$STAGES"
 
 # ---- SIGINT: checkpoint and exit 130 ----------------------------------------------------------------
 "$BIN/effdet" train "${ARGS[@]}" --epochs 500 --output "$T/int" >"$T/int.log" 2>&1 &
@@ -55,19 +45,19 @@ pid=$!
 for _ in $(seq 1 600); do [ -e "$T/int/checkpoint-2.safetensors" ] && break; sleep 0.05; done
 kill -INT $pid; wait $pid; rc=$?
 check "SIGINT exits 130 after writing a checkpoint" "[ $rc -eq 130 ]"
-leftovers "SIGINT"
+leftovers "SIGINT" stage "$STAGES"
 
 # ---- unreadable images ------------------------------------------------------------------------------
 cp -r "$T/d" "$T/bad"
 head -c 300 "$T/d/images/000000000003.jpg" >"$T/bad/images/000000000003.jpg"
 expect_error "a truncated image stops training, naming it" "000000000003.jpg" \
   "$BIN/effdet" train "${ARGS[@]/$T\/d/$T/bad}" --epochs 1 --output "$T/badrun"
-leftovers "unreadable image"
+leftovers "unreadable image" stage "$STAGES"
 "$BIN/effdet" train "${ARGS[@]/$T\/d/$T/bad}" --epochs 2 --skip-bad-images --output "$T/skiprun" \
   >"$T/skip.log" 2>&1
 check "--skip-bad-images trains on: $(grep -c 'skipping' "$T/skip.log") warnings" \
   "[ $? -eq 0 ] && grep -q 'skipping unreadable image' '$T/skip.log' && [ -e '$T/skiprun/checkpoint-4.safetensors' ]"
-leftovers "skip"
+leftovers "skip" stage "$STAGES"
 
 expect_error "--loaders without --augmenters" "--loaders and --augmenters go together" \
   "$BIN/effdet" train --data "$T/d" --loaders 2 --output "$T/x"

@@ -58,7 +58,7 @@ static void profiled_pass(const Ops *ops, ProfSummary *s)
     if (model_create(&m, &cfg, ops, 0, &err) != 0) fail_msg("%s", err.msg);
     if (model_init_random(&m, 5, &err) != 0) fail_msg("%s", err.msg);
     if (model_plan(&m, 2, 128, 128, PLAN_TRAIN, &err) != 0) fail_msg("%s", err.msg);
-    if (profile_init(&p, &m, 4, &err) != 0) fail_msg("%s: %s", ops->name, err.msg);
+    if (profile_init(&p, &m, &err) != 0) fail_msg("%s: %s", ops->name, err.msg);
     model_forward(&m); /* once unprofiled: the convolutions choose their algorithms */
     ops->sync(m.ctx);
     m.prof = &p;

@@ -9,11 +9,9 @@
 
 enum { SLOT_STEP_BEGIN = 0, SLOT_STEP_END = 1, SLOT_FIRST_OP = 2 };
 
-int profile_init(ModelProfile *p, const Model *m, int act_bytes, Err *err)
+int profile_init(ModelProfile *p, const Model *m, Err *err)
 {
     memset(p, 0, sizeof *p);
-    if (act_bytes != 4 && act_bytes != 2)
-        return err_set(err, "profile: activation element size %d, expected 4 or 2", act_bytes);
     if (!m->arena) return err_set(err, "profile: %s is not planned", m->cfg.name);
     if (!m->ops->timer_reserve || !m->ops->timer_mark || !m->ops->timer_elapsed_ms)
         return err_set(err, "profile: the %s backend has no timers", m->ops->name);
@@ -28,7 +26,7 @@ int profile_init(ModelProfile *p, const Model *m, int act_bytes, Err *err)
         return err_wrap(err, "profile of %s: ", m->cfg.name);
     }
     p->ops = m->ops, p->ctx = m->ctx;
-    p->act_bytes = act_bytes;
+    p->act_bytes = m->precision == PREC_FP32 ? 4 : 2; /* fp16 and bf16 are 2 bytes */
     p->batch = m->batch;
     p->cap = cap;
     return 0;

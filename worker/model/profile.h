@@ -38,7 +38,7 @@ typedef struct ProfRecord {
 typedef struct ModelProfile {
     const Ops *ops;
     OpsCtx *ctx;
-    int act_bytes;    /* activation element size: 4 (fp32) or 2 (fp16, bf16); the caller sets it */
+    int act_bytes;    /* activation element size: 4 (fp32) or 2 (fp16, bf16), the model's */
     int batch;        /* images per pass, for the per-image figures */
     int cap;          /* ops one profiled step may hold */
     int n;            /* ops recorded since profile_reset */
@@ -48,9 +48,9 @@ typedef struct ModelProfile {
 } ModelProfile;
 
 /* A planned model's profile: room for one forward and one backward pass (timer slots reserved on
- * the model's backend once, here). act_bytes 4 or 2. Fails where the backend has no timers or
- * they cannot be reserved. */
-int profile_init(ModelProfile *p, const Model *m, int act_bytes, Err *err);
+ * the model's backend once, here), activations counted at the model's precision. Fails where the
+ * backend has no timers or they cannot be reserved. */
+int profile_init(ModelProfile *p, const Model *m, Err *err);
 void profile_free(ModelProfile *p); /* idempotent */
 /* Forgets the recorded ops and step marks (before each profiled step). */
 void profile_reset(ModelProfile *p);
